@@ -1,0 +1,46 @@
+# Quick start: `make run` (set up and start the app), `make test` (set up and run every test).
+# Both create .venv on first use and reinstall when pyproject.toml changes.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+PORT ?= 8501
+
+.PHONY: venv system-deps run test test-unit test-e2e bench worker serve clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests need: Chromium for the browser test, emoji fonts,
+# node for javascript sandbox runs. Installs only what is missing.
+system-deps:
+	bash scripts/system-deps.sh
+
+run: venv
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+worker: venv
+	$(VENV)/bin/ace worker
+
+serve: venv
+	$(VENV)/bin/ace serve
+
+test: venv system-deps test-unit test-e2e
+
+test-unit: venv
+	$(VENV)/bin/pytest -q -m "not e2e" tests
+
+# A separate pytest run: pytest-playwright's event loop breaks later asyncio.run() calls.
+test-e2e: venv
+	$(VENV)/bin/pytest -q -m e2e tests/e2e
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

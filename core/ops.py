@@ -1,0 +1,82 @@
+"""Typed delta operations: the only way a playbook changes.
+
+The Curator, a reviewer in the diff viewer, the HTTP service and imports all
+speak this one shape, so validation lives in one place.
+"""
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+OpType = Literal["ADD", "UPDATE", "TAG", "REMOVE", "MERGE"]
+Tag = Literal["helpful", "harmful", "neutral"]
+OP_TYPES: tuple[str, ...] = ("ADD", "UPDATE", "TAG", "REMOVE", "MERGE")
+TAGS: tuple[str, ...] = ("helpful", "harmful", "neutral")
+MAX_BULLET_CHARS = 4000
+MAX_SECTION_CHARS = 64
+DEFAULT_SECTION = "strategies"
+
+
+class DeltaError(ValueError):
+    """A delta that cannot be applied; the playbook was left unchanged."""
+
+
+def normalize_section(section: Optional[str]) -> str:
+    text = re.sub(r"[^a-z0-9]+", "_", (section or "").strip().lower()).strip("_")
+    return (text or DEFAULT_SECTION)[:MAX_SECTION_CHARS]
+
+
+def check_content(content: Optional[str]) -> str:
+    text = (content or "").strip()
+    if not text:
+        raise ValueError("bullet content is empty")
+    if len(text) > MAX_BULLET_CHARS:
+        raise ValueError(f"bullet content is {len(text):,} characters; the limit is {MAX_BULLET_CHARS:,}")
+    return text
+
+
+class OpIn(BaseModel):
+    """One operation as proposed; which fields matter depends on `type`."""
+
+    type: OpType
+    section: Optional[str] = None
+    content: Optional[str] = None
+    bullet_id: Optional[str] = None
+    bullet_ids: list[str] = Field(default_factory=list)
+    tag: Optional[Tag] = None
+    justification: str = ""
+    evidence: str = ""
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator("tag", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> "OpIn":
+        t = self.type
+        if t in ("ADD", "UPDATE", "MERGE"):
+            self.content = check_content(self.content)
+        if t in ("UPDATE", "TAG", "REMOVE") and not self.bullet_id:
+            raise ValueError(f"{t} needs bullet_id")
+        if t == "TAG" and self.tag is None:
+            raise ValueError("TAG needs tag: helpful, harmful or neutral")
+        if t == "MERGE":
+            ids = list(dict.fromkeys(self.bullet_ids))
+            if len(ids) < 2:
+                raise ValueError("MERGE needs at least two distinct bullet_ids")
+            self.bullet_ids = ids
+        if self.section is not None:
+            self.section = normalize_section(self.section)
+        return self
+
+
+class DeltaIn(BaseModel):
+    reasoning: str = ""
+    operations: list[OpIn] = Field(default_factory=list)

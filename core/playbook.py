@@ -1,0 +1,564 @@
+"""Playbooks: bullets, delta application, rendering and retrieval.
+
+Every change goes through a delta and makes a new immutable version. A delta
+applied with `apply_delta` is all-or-nothing: one bad operation (an unknown or
+removed bullet, empty content) raises `DeltaError` and nothing is written.
+Deltas that wait for review are decided op by op (`decide_ops`); the approved
+ops of one decision are applied together as one version. `auto_apply` (the
+loop's auto mode) rejects the individually invalid ops with their error noted
+and applies the rest, so one hallucinated bullet id does not discard a whole
+reflection's worth of learning.
+"""
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from typing import Optional
+
+from sqlalchemy import func, text
+from sqlmodel import Session, select
+
+from core.config import get_settings
+from core.db import is_sqlite, read_session, write_session
+from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
+from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
+from core.tokens import estimate_tokens
+
+BEGIN_MARK = "**PLAYBOOK_BEGIN**"
+END_MARK = "**PLAYBOOK_END**"
+PLAYBOOK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ENV_PREFIX = {"python": "py", "javascript": "js", "ml": "ml", "data_analysis": "da"}
+
+__all__ = [
+    "BEGIN_MARK", "END_MARK", "DeltaError", "ApplyResult", "Retrieved", "RankWeights",
+    "validate_playbook_id", "get_or_create_playbook", "get_playbook", "list_playbooks",
+    "active_bullets", "get_bullet", "apply_delta", "propose_delta", "decide_ops", "auto_apply",
+    "render", "bullet_line", "retrieve", "embed_prompt", "similarity",
+]
+
+
+# --------------------------------------------------------------------- playbooks
+
+
+def validate_playbook_id(playbook_id: str) -> str:
+    if not isinstance(playbook_id, str) or not PLAYBOOK_ID_RE.match(playbook_id):
+        raise ValueError(
+            f"invalid playbook id {playbook_id!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return playbook_id
+
+
+def _ensure_playbook(session: Session, playbook_id: str, name: Optional[str] = None,
+                     environment: Optional[str] = None, description: str = "") -> Playbook:
+    validate_playbook_id(playbook_id)
+    pb = session.get(Playbook, playbook_id)
+    if pb is None:
+        pb = Playbook(id=playbook_id, name=name or playbook_id, environment=environment or "general",
+                      description=description)
+        session.add(pb)
+        session.add(PlaybookVersion(playbook_id=playbook_id, number=0, summary="created"))
+        session.flush()
+    return pb
+
+
+def get_or_create_playbook(playbook_id: str, name: Optional[str] = None,
+                           environment: Optional[str] = None, description: str = "") -> Playbook:
+    """Playbook ids are user strings; the first use creates the playbook."""
+    with read_session() as s:
+        pb = s.get(Playbook, validate_playbook_id(playbook_id))
+        if pb is not None:
+            return pb
+    with write_session() as s:
+        return _ensure_playbook(s, playbook_id, name, environment, description)
+
+
+def get_playbook(playbook_id: str) -> Optional[Playbook]:
+    with read_session() as s:
+        return s.get(Playbook, playbook_id)
+
+
+def list_playbooks() -> list[Playbook]:
+    with read_session() as s:
+        return list(s.exec(select(Playbook).order_by(Playbook.created_at)))
+
+
+def active_bullets(playbook_id: str, session: Optional[Session] = None) -> list[Bullet]:
+    def q(s: Session) -> list[Bullet]:
+        stmt = select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.status == "active")
+        return list(s.exec(stmt.order_by(Bullet.pk)))
+
+    if session is not None:
+        return q(session)
+    with read_session() as s:
+        return q(s)
+
+
+def get_bullet(playbook_id: str, bullet_id: str, session: Optional[Session] = None) -> Optional[Bullet]:
+    def q(s: Session) -> Optional[Bullet]:
+        return s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.id == bullet_id)).first()
+
+    if session is not None:
+        return q(session)
+    with read_session() as s:
+        return q(s)
+
+
+# ------------------------------------------------------------------- similarity
+
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+def _words(text_: str) -> set[str]:
+    return set(_WORD.findall(text_.lower()))
+
+
+def similarity(a: str, b: str) -> float:
+    """Lexical near-duplicate score in [0, 1]: the larger of word-set Jaccard and
+    character-sequence ratio, so both reworded and lightly edited copies score high."""
+    wa, wb = _words(a), _words(b)
+    jac = len(wa & wb) / len(wa | wb) if wa and wb else 0.0
+    ratio = SequenceMatcher(None, a.lower(), b.lower()).ratio() if max(len(a), len(b)) < 2000 else 0.0
+    return max(jac, ratio)
+
+
+def _near_duplicate(session: Session, playbook_id: str, content: str, threshold: float) -> Optional[tuple[Bullet, float]]:
+    candidates = [b for b, _ in _lexical_candidates(session, playbook_id, content, 10)]
+    best: Optional[tuple[Bullet, float]] = None
+    for b in candidates:
+        score = similarity(content, b.content)
+        if score >= threshold and (best is None or score > best[1]):
+            best = (b, score)
+    return best
+
+
+# ---------------------------------------------------------------- applying ops
+
+
+@dataclass
+class OpResult:
+    type: str
+    bullet_id: Optional[str]
+    note: str = ""
+
+
+@dataclass
+class ApplyResult:
+    delta_id: str
+    version: Optional[int]
+    results: list[OpResult] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (op index, error)
+
+
+def _line_tokens(b: Bullet) -> int:
+    return estimate_tokens(bullet_line(b)) if b.status == "active" else 0
+
+
+class _Applier:
+    """Applies ops inside one transaction, remembering what it touched."""
+
+    def __init__(self, session: Session, pb: Playbook, episode_id: Optional[str], delta_id: str):
+        self.s, self.pb, self.episode_id, self.delta_id = session, pb, episode_id, delta_id
+        self.touched: dict[int, Bullet] = {}
+        self.tokens_before: dict[int, int] = {}
+        self.count_change = 0
+        self.threshold = get_settings().dedup_threshold
+
+    def _touch(self, b: Bullet) -> None:
+        if b.pk is not None and b.pk not in self.tokens_before:
+            self.tokens_before[b.pk] = _line_tokens(b)
+
+    def _live(self, bullet_id: Optional[str], what: str) -> Bullet:
+        b = get_bullet(self.pb.id, bullet_id or "", self.s)
+        if b is None:
+            raise DeltaError(f"{what}: bullet {bullet_id!r} does not exist in playbook {self.pb.id!r}")
+        if b.status != "active":
+            raise DeltaError(f"{what}: bullet {bullet_id!r} was removed" +
+                             (f" (merged into {b.merged_into})" if b.merged_into else ""))
+        return b
+
+    def _new_bullet(self, section: Optional[str], content: str, helpful: int = 0, harmful: int = 0,
+                    neutral: int = 0, bullet_id: Optional[str] = None) -> Bullet:
+        if bullet_id is None:
+            prefix = ENV_PREFIX.get(self.pb.environment, "b")
+            bullet_id = f"{prefix}-{self.pb.next_seq:05d}"
+            self.pb.next_seq += 1
+        elif get_bullet(self.pb.id, bullet_id, self.s) is not None:
+            raise DeltaError(f"bullet id {bullet_id!r} already exists in playbook {self.pb.id!r}")
+        b = Bullet(id=bullet_id, playbook_id=self.pb.id, section=normalize_section(section or DEFAULT_SECTION),
+                   content=content, helpful=helpful, harmful=harmful, neutral=neutral,
+                   source_episode_id=self.episode_id, source_delta_id=self.delta_id)
+        self.s.add(b)
+        self.s.flush()
+        assert b.pk is not None
+        self.tokens_before[b.pk] = 0
+        self.touched[b.pk] = b
+        self.count_change += 1
+        return b
+
+    def apply(self, i: int, op: OpIn, before: Optional[str] = None) -> OpResult:
+        what = f"operation {i + 1} ({op.type})"
+        now = utcnow()
+        if op.type == "ADD":
+            content = check_content(op.content)
+            dup = _near_duplicate(self.s, self.pb.id, content, self.threshold)
+            if dup is not None:
+                b, score = dup
+                self._touch(b)
+                b.helpful += 1
+                b.updated_at = now
+                self.touched[b.pk] = b  # type: ignore[index]
+                return OpResult("TAG", b.id, f"near-duplicate of {b.id} (similarity {score:.2f}): tagged helpful instead of adding")
+            b = self._new_bullet(op.section, content)
+            return OpResult("ADD", b.id)
+        if op.type == "MERGE":
+            sources = [self._live(bid, what) for bid in op.bullet_ids]
+            merged = self._new_bullet(op.section or sources[0].section, check_content(op.content),
+                                      sum(b.helpful for b in sources), sum(b.harmful for b in sources),
+                                      sum(b.neutral for b in sources))
+            for b in sources:
+                self._touch(b)
+                b.status, b.merged_into, b.updated_at = "removed", merged.id, now
+                self.touched[b.pk] = b  # type: ignore[index]
+                self.count_change -= 1
+            return OpResult("MERGE", merged.id, f"merged {', '.join(op.bullet_ids)}")
+        b = self._live(op.bullet_id, what)
+        self._touch(b)
+        if op.type == "UPDATE":
+            if before is not None and b.content != before:
+                raise DeltaError(f"{what}: bullet {b.id} changed since this update was proposed; review it again")
+            b.content = check_content(op.content)
+            if op.section:
+                b.section = normalize_section(op.section)
+        elif op.type == "TAG":
+            setattr(b, op.tag, getattr(b, op.tag) + 1)  # type: ignore[arg-type]
+        elif op.type == "REMOVE":
+            b.status = "removed"
+            self.count_change -= 1
+        b.updated_at = now
+        self.touched[b.pk] = b  # type: ignore[index]
+        return OpResult(op.type, b.id)
+
+    def finish(self, summary: str) -> int:
+        """Write revisions of everything touched and the new version."""
+        pb = self.pb
+        prev = self.s.exec(select(PlaybookVersion).where(
+            PlaybookVersion.playbook_id == pb.id, PlaybookVersion.number == pb.current_version)).one()
+        number = pb.current_version + 1
+        token_delta = 0
+        for pk, b in self.touched.items():
+            self.s.add(b)
+            token_delta += _line_tokens(b) - self.tokens_before.get(pk, 0)
+            self.s.add(BulletRevision(playbook_id=pb.id, bullet_pk=pk, bullet_id=b.id, version=number,
+                                      section=b.section, content=b.content, helpful=b.helpful,
+                                      harmful=b.harmful, neutral=b.neutral, status=b.status))
+        self.s.add(PlaybookVersion(playbook_id=pb.id, number=number, parent=pb.current_version,
+                                   delta_id=self.delta_id, summary=summary[:500],
+                                   bullet_count=prev.bullet_count + self.count_change,
+                                   token_count=max(0, prev.token_count + token_delta)))
+        pb.current_version = number
+        pb.modified_at = utcnow()
+        self.s.add(pb)
+        self.s.flush()
+        return number
+
+
+def _summary(results: Sequence[OpResult]) -> str:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.type] = counts.get(r.type, 0) + 1
+    return ", ".join(f"{n} {t}" for t, n in counts.items()) or "no change"
+
+
+def _as_ops(ops: DeltaIn | Iterable[OpIn | dict]) -> tuple[str, list[OpIn]]:
+    if isinstance(ops, DeltaIn):
+        return ops.reasoning, list(ops.operations)
+    out: list[OpIn] = []
+    for i, op in enumerate(ops):
+        try:
+            out.append(op if isinstance(op, OpIn) else OpIn.model_validate(op))
+        except Exception as exc:  # pydantic ValidationError, TypeError
+            raise DeltaError(f"operation {i + 1}: {exc}") from exc
+    return "", out
+
+
+def _store_ops(s: Session, delta: Delta, ops: Sequence[OpIn]) -> list[DeltaOp]:
+    rows = []
+    for i, op in enumerate(ops):
+        before = None
+        if op.bullet_id:
+            b = get_bullet(delta.playbook_id, op.bullet_id, s)
+            before = b.content if b is not None else None
+        row = DeltaOp(delta_id=delta.id, seq=i, type=op.type, section=op.section, content=op.content,
+                      bullet_id=op.bullet_id, bullet_ids=list(op.bullet_ids), tag=op.tag,
+                      justification=op.justification, evidence=op.evidence, before=before)
+        s.add(row)
+        rows.append(row)
+    s.flush()
+    return rows
+
+
+def _row_to_op(row: DeltaOp) -> OpIn:
+    return OpIn(type=row.type, section=row.section, content=row.content, bullet_id=row.bullet_id,  # type: ignore[arg-type]
+                bullet_ids=list(row.bullet_ids or []), tag=row.tag, justification=row.justification,  # type: ignore[arg-type]
+                evidence=row.evidence)
+
+
+def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
+                episode_id: Optional[str] = None, source: str = "human", actor: str = "user") -> ApplyResult:
+    """Apply every op or none, as one new version."""
+    r, op_list = _as_ops(ops)
+    reasoning = reasoning or r
+    if not op_list:
+        raise DeltaError("the delta has no operations")
+    with write_session() as s:
+        pb = _ensure_playbook(s, playbook_id)
+        delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
+                      status="applied", base_version=pb.current_version, decided_at=utcnow())
+        s.add(delta)
+        s.flush()
+        rows = _store_ops(s, delta, op_list)
+        ap = _Applier(s, pb, episode_id, delta.id)
+        results = []
+        for i, (op, row) in enumerate(zip(op_list, rows)):
+            res = ap.apply(i, op)
+            row.decision, row.decided_by, row.decided_at, row.result_bullet_id = "approved", actor, utcnow(), res.bullet_id
+            row.note = res.note or None
+            results.append(res)
+        delta.version = ap.finish(_summary(results))
+        return ApplyResult(delta.id, delta.version, results)
+
+
+def propose_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
+                  episode_id: Optional[str] = None, source: str = "curator") -> str:
+    """Store a delta for review; nothing changes in the playbook yet."""
+    r, op_list = _as_ops(ops)
+    with write_session() as s:
+        pb = _ensure_playbook(s, playbook_id)
+        delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
+                      base_version=pb.current_version)
+        s.add(delta)
+        s.flush()
+        _store_ops(s, delta, op_list)
+        if not op_list:
+            delta.status, delta.decided_at = "rejected", utcnow()
+        return delta.id
+
+
+def _settle(s: Session, delta: Delta) -> None:
+    rows = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id)))
+    decisions = {r.decision for r in rows}
+    if "pending" in decisions and rows:
+        delta.status = "pending"
+        return
+    approved = sum(r.decision == "approved" for r in rows)
+    delta.status = "applied" if approved == len(rows) and rows else ("rejected" if approved == 0 else "partially_applied")
+    delta.decided_at = utcnow()
+    s.add(delta)
+
+
+@dataclass
+class Decision:
+    op_id: int
+    approve: bool
+    note: Optional[str] = None
+    content: Optional[str] = None  # an edited text for ADD / UPDATE / MERGE
+
+
+def decide_ops(delta_id: str, decisions: Sequence[Decision], actor: str = "user") -> ApplyResult:
+    """Record decisions on pending ops; the approved ones land together as one version."""
+    with write_session() as s:
+        delta = s.get(Delta, delta_id)
+        if delta is None:
+            raise DeltaError(f"delta {delta_id!r} does not exist")
+        pb = _ensure_playbook(s, delta.playbook_id)
+        rows = {r.oid: r for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id))}
+        ap = _Applier(s, pb, delta.episode_id, delta.id)
+        results: list[OpResult] = []
+        now = utcnow()
+        for d in decisions:
+            row = rows.get(d.op_id)
+            if row is None:
+                raise DeltaError(f"op id {d.op_id} is not part of delta {delta_id}")
+            if row.decision != "pending":
+                raise DeltaError(f"op id {d.op_id} was already {row.decision}")
+            row.decided_by, row.decided_at, row.note = actor, now, d.note
+            if not d.approve:
+                row.decision = "rejected"
+                continue
+            if d.content is not None:
+                if row.type not in ("ADD", "UPDATE", "MERGE"):
+                    raise DeltaError(f"op id {d.op_id} ({row.type}) has no text to edit")
+                try:
+                    row.content = check_content(d.content)
+                except ValueError as exc:
+                    raise DeltaError(f"op id {d.op_id}: {exc}") from exc
+            res = ap.apply(row.seq, _row_to_op(row), before=row.before if row.type == "UPDATE" else None)
+            row.decision, row.result_bullet_id = "approved", res.bullet_id
+            if res.note:
+                row.note = f"{row.note}; {res.note}" if row.note else res.note
+            results.append(res)
+            s.add(row)
+        version = ap.finish(_summary(results)) if results else None
+        if version is not None:
+            delta.version = version
+        _settle(s, delta)
+        return ApplyResult(delta.id, version, results)
+
+
+def auto_apply(delta_id: str, actor: str = "auto") -> ApplyResult:
+    """Approve every op that can be applied; reject the others, saying why."""
+    with read_session() as s:
+        ids = [r.oid for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id,
+                                                           DeltaOp.decision == "pending").order_by(DeltaOp.seq))]
+    rejected: list[tuple[int, str]] = []
+    remaining = list(ids)
+    while True:
+        try:
+            decisions = [Decision(i, True) for i in remaining]  # type: ignore[arg-type]
+            decisions += [Decision(i, False, note=f"not applied: {err}") for i, err in rejected]  # type: ignore[arg-type]
+            res = decide_ops(delta_id, decisions, actor=actor)
+            res.rejected = rejected
+            return res
+        except DeltaError as exc:
+            bad = _failing_op(exc, delta_id, remaining)
+            if bad is None:
+                raise
+            remaining.remove(bad)
+            rejected.append((bad, str(exc)))
+
+
+def _failing_op(exc: DeltaError, delta_id: str, remaining: list[Optional[int]]) -> Optional[int]:
+    m = re.match(r"operation (\d+) ", str(exc))
+    if not m:
+        return None
+    seq = int(m.group(1)) - 1
+    with read_session() as s:
+        row = s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id, DeltaOp.seq == seq)).first()
+    return row.oid if row is not None and row.oid in remaining else None
+
+
+# ----------------------------------------------------------------- rendering
+
+
+def bullet_line(b: Bullet) -> str:
+    return f"[{b.id}] helpful={b.helpful} harmful={b.harmful} :: {b.content}"
+
+
+def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget: Optional[int] = None) -> str:
+    """The ACE prompt form, by section, between the markers.
+
+    Bullets come in priority order; with a budget, the ones that do not fit are
+    left out rather than truncated mid-strategy.
+    """
+    kept: list[Bullet] = []
+    used = estimate_tokens(f"{BEGIN_MARK}\n{END_MARK}")
+    for b in bullets:
+        if b.status != "active":
+            continue
+        cost = estimate_tokens(bullet_line(b)) + 1
+        if token_budget is not None and used + cost > token_budget:
+            continue
+        kept.append(b)
+        used += cost
+    sections: dict[str, list[Bullet]] = {}
+    for b in kept:
+        sections.setdefault(b.section, []).append(b)
+    lines = [BEGIN_MARK]
+    for section, items in sections.items():
+        lines.append(f"## {section}")
+        lines.extend(bullet_line(b) for b in items)
+    lines.append(END_MARK)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- retrieval
+
+_STOP = frozenset("a an and are as at be by for from has have how i if in into is it its of on or that the this "
+                  "to was were what when which will with you your write function return returns given use using "
+                  "should can do does".split())
+
+
+@dataclass(frozen=True)
+class RankWeights:
+    """How retrieval blends its signals; shown to users beside each result."""
+
+    lexical: float = 1.0
+    counters: float = 0.25
+
+
+@dataclass
+class Retrieved:
+    bullet: Bullet
+    score: float
+    scores: dict[str, float]
+
+
+def _fts_query(query: str, max_terms: int = 48) -> str:
+    terms = [t for t in dict.fromkeys(_WORD.findall(query.lower())) if len(t) > 1 and t not in _STOP]
+    return " OR ".join(f'"{t}"' for t in terms[:max_terms])
+
+
+def _lexical_candidates(session: Session, playbook_id: str, query: str, limit: int) -> list[tuple[Bullet, float]]:
+    """(bullet, relevance >= 0) by BM25; SQLite's FTS5 only, empty elsewhere."""
+    match = _fts_query(query)
+    if not match or not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+        return []
+    rows = session.exec(  # type: ignore[call-overload]
+        text("SELECT b.pk, -bm25(bullet_fts) AS rel FROM bullet_fts JOIN bullet b ON b.pk = bullet_fts.rowid "
+             "WHERE bullet_fts MATCH :m AND b.playbook_id = :p AND b.status = 'active' "
+             "ORDER BY bm25(bullet_fts) LIMIT :n"),
+        params={"m": match, "p": playbook_id, "n": limit},
+    ).all()
+    if not rows:
+        return []
+    by_pk = {b.pk: b for b in session.exec(select(Bullet).where(Bullet.pk.in_([r[0] for r in rows])))}  # type: ignore[union-attr]
+    return [(by_pk[pk], float(rel)) for pk, rel in rows if pk in by_pk]
+
+
+def _counter_score(b: Bullet) -> float:
+    return (b.helpful - b.harmful) / (b.helpful + b.harmful + b.neutral + 2)
+
+
+def retrieve(playbook_id: str, query: str, k: Optional[int] = None,
+             weights: RankWeights = RankWeights()) -> list[Retrieved]:
+    """Top-k active bullets for a query: BM25 blended with the counters.
+
+    When the query matches fewer than k bullets, the best-rated others fill
+    the list, so a new task still sees the playbook's proven strategies.
+    """
+    k = get_settings().default_k if k is None else k
+    if k <= 0:
+        return []
+    with read_session() as s:
+        cands = _lexical_candidates(s, playbook_id, query, max(50, 5 * k))
+        top = max((rel for _, rel in cands), default=0.0) or 1.0
+        out = [Retrieved(b, weights.lexical * rel / top + weights.counters * _counter_score(b),
+                         {"lexical": rel / top, "counters": _counter_score(b)}) for b, rel in cands]
+        out.sort(key=lambda r: r.score, reverse=True)
+        out = out[:k]
+        if len(out) < k:
+            seen = {r.bullet.pk for r in out}
+            stmt = (select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.status == "active")
+                    .order_by((Bullet.helpful - Bullet.harmful).desc(), Bullet.pk).limit(k + len(seen)))
+            for b in s.exec(stmt):
+                if b.pk not in seen and len(out) < k:
+                    out.append(Retrieved(b, weights.counters * _counter_score(b) - 1.0,
+                                         {"lexical": 0.0, "counters": _counter_score(b), "fallback": 1.0}))
+    return out
+
+
+def embed_prompt(playbook_id: str, prompt: str, k: Optional[int] = None,
+                 token_budget: Optional[int] = None) -> str:
+    """The prompt followed by the top-k bullets between the markers."""
+    pb = get_or_create_playbook(playbook_id)
+    hits = retrieve(playbook_id, prompt, k)
+    budget = get_settings().prompt_token_budget if token_budget is None else token_budget
+    return f"{prompt}\n\n{render(pb, [h.bullet for h in hits], budget)}"
+
+
+def count_bullets(playbook_id: str) -> int:
+    with read_session() as s:
+        return int(s.exec(select(func.count()).select_from(Bullet).where(  # type: ignore[arg-type]
+            Bullet.playbook_id == playbook_id, Bullet.status == "active")).one())

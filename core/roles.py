@@ -1,0 +1,152 @@
+"""The three ACE roles: Generator, Reflector, Curator.
+
+Each role is a Protocol so the loop can take any implementation (a different
+prompt, another agent's reviewer); the LLM-backed ones here fill templates from
+core/prompts/ and ask the model for the ACE paper's JSON shapes.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any, Literal, Optional, Protocol
+
+from pydantic import BaseModel, Field
+
+from core.llm import LLMClient, LLMResult
+from core.ops import OpIn
+
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+MAX_FEEDBACK_CHARS = 4000
+
+
+def prompt(name: str, **values: Any) -> str:
+    return Template((PROMPTS / f"{name}.md").read_text()).safe_substitute(**values).strip()
+
+
+# ------------------------------------------------------------------ outputs
+
+
+class GeneratorOutput(BaseModel):
+    reasoning: str = ""
+    bullet_ids: list[str] = Field(default_factory=list)
+    code: str
+    language: str = "python"
+
+
+class BulletTag(BaseModel):
+    id: str
+    tag: Literal["helpful", "harmful", "neutral"]
+
+
+class ReflectorOutput(BaseModel):
+    reasoning: str = ""
+    error_identification: str = ""
+    root_cause_analysis: str = ""
+    correct_approach: str = ""
+    key_insight: str = ""
+    bullet_tags: list[BulletTag] = Field(default_factory=list)
+
+
+class CuratorOutput(BaseModel):
+    reasoning: str = ""
+    operations: list[OpIn] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+@dataclass
+class Attempt:
+    """One generate-and-run round, as the Reflector and the next attempt see it."""
+
+    number: int
+    code: str
+    feedback: str  # execution and test feedback, compact text
+    passed: bool
+    bullet_ids: list[str] = field(default_factory=list)
+
+
+def clip(text: str, limit: int = MAX_FEEDBACK_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
+
+
+# ------------------------------------------------------------------ protocols
+
+
+class Generator(Protocol):
+    def generate(self, task: str, language: str, playbook_text: str, previous: list[Attempt],
+                 episode_id: Optional[str] = None) -> LLMResult[GeneratorOutput]: ...
+
+
+class Reflector(Protocol):
+    def reflect(self, task: str, attempts: list[Attempt], used_bullets: str, ground_truth: Optional[str],
+                episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[ReflectorOutput]: ...
+
+
+class Curator(Protocol):
+    def curate(self, task: str, reflection: ReflectorOutput, playbook_text: str, outcome: str,
+               episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[CuratorOutput]: ...
+
+
+# ------------------------------------------------------------------ LLM roles
+
+
+def _attempt_text(a: Attempt) -> str:
+    verdict = "PASSED" if a.passed else "FAILED"
+    return f"--- attempt {a.number} ({verdict}) ---\nCode:\n```\n{clip(a.code)}\n```\nExecution feedback:\n{clip(a.feedback)}"
+
+
+class LLMGenerator:
+    def __init__(self, llm: LLMClient, role: str = "generator"):
+        self.llm, self.role = llm, role
+
+    def messages(self, task: str, language: str, playbook_text: str, previous: list[Attempt]) -> list[dict[str, Any]]:
+        extra = ""
+        if previous:
+            last = previous[-1]
+            extra = ("\nYour previous attempt failed. Fix it using the real execution feedback below.\n"
+                     + _attempt_text(last))
+        return [
+            {"role": "system", "content": prompt("generator", language=language, playbook=playbook_text)},
+            {"role": "user", "content": prompt("generator_user", task=task, extra=extra)},
+        ]
+
+    def generate(self, task: str, language: str, playbook_text: str, previous: list[Attempt],
+                 episode_id: Optional[str] = None) -> LLMResult[GeneratorOutput]:
+        return self.llm.structured(self.role, self.messages(task, language, playbook_text, previous),
+                                   GeneratorOutput, episode_id)
+
+
+class LLMReflector:
+    def __init__(self, llm: LLMClient, role: str = "reflector"):
+        self.llm, self.role = llm, role
+
+    def reflect(self, task: str, attempts: list[Attempt], used_bullets: str, ground_truth: Optional[str],
+                episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[ReflectorOutput]:
+        gt = f"\nGround truth (the reference answer):\n{clip(ground_truth)}" if ground_truth else ""
+        msgs = [
+            {"role": "system", "content": prompt("reflector", extra=f"\n{instructions}" if instructions else "")},
+            {"role": "user", "content": prompt("reflector_user", task=task, used_bullets=used_bullets or "(none)",
+                                               attempts="\n\n".join(_attempt_text(a) for a in attempts) or "(none)",
+                                               ground_truth=gt)},
+        ]
+        return self.llm.structured(self.role, msgs, ReflectorOutput, episode_id)
+
+
+class LLMCurator:
+    def __init__(self, llm: LLMClient, role: str = "curator"):
+        self.llm, self.role = llm, role
+
+    def curate(self, task: str, reflection: ReflectorOutput, playbook_text: str, outcome: str,
+               episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[CuratorOutput]:
+        refl = json.dumps(reflection.model_dump(), indent=2, ensure_ascii=False)
+        msgs = [
+            {"role": "system", "content": prompt("curator", extra=f"\n{instructions}" if instructions else "")},
+            {"role": "user", "content": prompt("curator_user", playbook=playbook_text, task=task, outcome=outcome,
+                                               reflection=refl)},
+        ]
+        return self.llm.structured(self.role, msgs, CuratorOutput, episode_id)

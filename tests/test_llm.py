@@ -1,0 +1,125 @@
+import json
+
+import pytest
+from pydantic import BaseModel
+from sqlmodel import select
+
+from core import config
+from core.db import read_session
+from core.llm import LLMClient, LLMError, LLMNotConfigured, LLMOutputError
+from core.models import LLMCall
+from core.roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
+from tests.fake_llm import Delay, Status
+
+
+class Answer(BaseModel):
+    value: int
+
+
+def calls() -> list[LLMCall]:
+    with read_session() as s:
+        return list(s.exec(select(LLMCall).order_by(LLMCall.id)))
+
+
+def test_structured_output_uses_json_schema_and_logs_the_call(fake_llm) -> None:
+    fake_llm.reply({"value": 42})
+    r = LLMClient(backoff_base=0).structured("tester", [{"role": "user", "content": "answer"}], Answer, "ep-1")
+    assert r.value.value == 42 and r.mode == "json_schema"
+    req = fake_llm.chat_requests()[0]
+    assert req["response_format"]["type"] == "json_schema"
+    assert req["response_format"]["json_schema"]["schema"]["properties"]["value"]["type"] == "integer"
+    assert req["model"] == "fake-model"
+    (c,) = calls()
+    assert c.role == "tester" and c.episode_id == "ep-1" and json.loads(c.response) == {"value": 42}
+    assert c.prompt_tokens > 0 and c.completion_tokens > 0 and c.latency_ms > 0
+    assert "sk-test-secret" not in json.dumps(c.messages) + (c.response or "")
+
+
+def test_falls_back_to_json_mode_when_schema_is_rejected(fake_llm) -> None:
+    fake_llm.reject_json_schema = True
+    fake_llm.reply({"value": 7})
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 7 and r.mode == "json_object"
+    sent = fake_llm.chat_requests()[-1]
+    assert sent["response_format"] == {"type": "json_object"}
+    assert "JSON schema" in sent["messages"][0]["content"]
+    assert [c.error is not None for c in calls()] == [True, False]
+    # the working mode is remembered
+    fake_llm.reply({"value": 8})
+    assert LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer).mode == "json_object"
+
+
+def test_repairs_invalid_json_once(fake_llm) -> None:
+    fake_llm.reply("Sure! here it is: {value: forty}", "```json\n{\"value\": 40}\n```")
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 40 and len(r.call_ids) == 2
+    repair = fake_llm.chat_requests()[-1]["messages"]
+    assert repair[-2]["role"] == "assistant" and "could not be used" in repair[-1]["content"]
+
+
+def test_gives_up_after_one_repair_with_a_clear_error(fake_llm) -> None:
+    fake_llm.reply("nope", {"value": "not a number"})
+    with pytest.raises(LLMOutputError, match="not valid Answer JSON after one repair attempt: value"):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+
+
+def test_retries_429_and_5xx_then_succeeds(fake_llm) -> None:
+    fake_llm.reply(Status(429), Status(503), {"value": 1})
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 1
+    assert [c.error.split(":")[0] if c.error else None for c in calls()] == ["HTTP 429", "HTTP 503", None]
+
+
+def test_retries_are_bounded(fake_llm) -> None:
+    fake_llm.reply(Status(500), Status(500), Status(500), Status(500))
+    with pytest.raises(LLMError, match="failed 3 times"):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+
+
+def test_timeout_is_retried(fake_llm, settings_env) -> None:
+    settings_env(ACE_LLM_TIMEOUT="0.3")
+    fake_llm.reply(Delay(1.0, {"value": 1}), {"value": 2})
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 2
+    assert "Timeout" in calls()[0].error
+
+
+def test_unreachable_server_is_a_clear_error(db_url, settings_env) -> None:
+    settings_env(OPENAI_BASE_URL="http://127.0.0.1:9/v1", ACE_LLM_MAX_RETRIES="1")
+    with pytest.raises(LLMError, match="failed 2 times"):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+
+
+def test_not_configured_names_the_settings(db_url) -> None:
+    config.reset_settings()
+    with pytest.raises(LLMNotConfigured, match="OPENAI_API_KEY.*OPENAI_BASE_URL.*ACE_MODEL"):
+        LLMClient()
+
+
+def test_settings_public_view_hides_secrets(settings_env) -> None:
+    s = settings_env(OPENAI_API_KEY="sk-very-secret", E2B_API_KEY="e2b-very-secret")
+    shown = json.dumps(s.public())
+    assert "very-secret" not in shown and "very-secret" not in repr(s)
+    assert s.public()["openai_api_key"] == "set"
+
+
+def test_streaming_replies_are_served(fake_llm) -> None:
+    import openai
+
+    fake_llm.reply("hello streaming world")
+    client = openai.OpenAI(base_url=fake_llm.base_url, api_key="x", max_retries=0)
+    chunks = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hello streaming world"
+
+
+def test_roles_send_playbook_in_system_message_and_parse(fake_llm) -> None:
+    llm = LLMClient(backoff_base=0)
+    fake_llm.reply({"reasoning": "r", "bullet_ids": ["py-00001"], "code": "print(1)", "language": "python"})
+    g = LLMGenerator(llm).generate("print one", "python", "**PLAYBOOK_BEGIN**\n[py-00001] ...\n**PLAYBOOK_END**", [])
+    assert isinstance(g.value, GeneratorOutput) and g.value.code == "print(1)"
+    sys_msg, user_msg = fake_llm.chat_requests()[-1]["messages"]
+    assert "[py-00001]" in sys_msg["content"] and "[py-00001]" not in user_msg["content"]
+    fake_llm.reply({"reasoning": "x", "operations": [{"type": "BOGUS"}]},
+                   {"reasoning": "x", "operations": [{"type": "ADD", "content": "c", "section": "Pitfalls"}]})
+    c = LLMCurator(llm).curate("t", ReflectorOutput(), "", "failed")
+    assert isinstance(c.value, CuratorOutput) and c.value.operations[0].section == "pitfalls"
