@@ -1,0 +1,29 @@
+"""Job kinds and what runs them; imported by every worker."""
+
+from typing import Any
+
+from core import jobs, loop
+from core.models import Job
+
+
+def run_episode_job(job: Job) -> dict[str, Any]:
+    spec = loop.TaskSpec.model_validate(job.payload["spec"])
+    result = loop.run_episode(spec, episode_id=job.payload.get("episode_id"), job_id=job.id)
+    if result.status == "error":
+        raise RuntimeError(result.error or "the episode failed")
+    return {"episode_id": result.episode_id, "status": result.status, "success": result.success,
+            "attempts": result.attempts, "delta_id": result.delta_id, "version": result.version}
+
+
+def run_learn_job(job: Job) -> dict[str, Any]:
+    p = job.payload
+    return loop.learn(p["playbook_id"], p.get("user_message") or "", p.get("trajectory") or "",
+                      ground_truth=p.get("ground_truth"), evaluation=p.get("evaluation"),
+                      reflector_instructions=p.get("reflector_additional_instructions") or "",
+                      curator_instructions=p.get("curator_additional_instructions") or "", job_id=job.id,
+                      episode_id=p.get("episode_id"))
+
+
+jobs.register("episode", run_episode_job)
+jobs.register("learn", run_learn_job)
+jobs.on_recovered(loop.mark_interrupted)

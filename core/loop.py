@@ -1,0 +1,467 @@
+"""The one ACE loop: route, generate, execute, evaluate, refine, reflect, curate.
+
+The UI, the CLI, the benchmark runner and the HTTP service all come through
+here (`run_episode`, or `learn` for trajectories produced elsewhere). Every
+step is written to the trace as it happens, in its own short transaction, so
+a viewer in another process can follow a running episode. A failure at any
+step ends the episode with an `error` event; what was recorded stays.
+"""
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func
+from sqlmodel import select
+
+from core import jobs
+from core.config import Settings, get_settings
+from core.db import read_session, write_session
+from core.models import Bullet, Episode, Event, Playbook, Reflection, utcnow
+from core.ops import OpIn
+from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, auto_apply, bullet_line, get_bullet,
+                           propose_delta, render, retrieve)
+from core.roles import (Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector,
+                        ReflectorOutput)
+from core.routing import route
+from core.sandbox.evaluate import MARKER
+
+EventSink = Callable[[dict[str, Any]], None]
+
+
+class TaskSpec(BaseModel):
+    """What a user (or a benchmark) asks for."""
+
+    task: str = Field(min_length=1, max_length=100_000)
+    language: Literal["python", "javascript", "bash"] = "python"
+    tests: Optional[str] = None
+    expected_output: Optional[str] = None
+    ground_truth: Optional[str] = None
+    playbook_id: Optional[str] = None
+    max_iterations: Optional[int] = Field(default=None, ge=1, le=10)
+    review_mode: Optional[Literal["auto", "manual"]] = None
+    mode: Literal["llm", "sandbox_only"] = "llm"
+    code: Optional[str] = None  # for sandbox_only
+    backend: Optional[Literal["local", "e2b"]] = None
+    k: Optional[int] = Field(default=None, ge=0, le=200)
+    entry_point: Optional[str] = None
+    learn: bool = True  # False: evaluate with the playbook frozen (benchmark test split)
+    bench_run_id: Optional[str] = None
+
+
+@dataclass
+class Roles:
+    generator: Generator
+    reflector: Reflector
+    curator: Curator
+
+    @classmethod
+    def from_settings(cls, settings: Optional[Settings] = None) -> "Roles":
+        from core.llm import LLMClient
+
+        llm = LLMClient(settings)
+        return cls(LLMGenerator(llm), LLMReflector(llm), LLMCurator(llm))
+
+
+@dataclass
+class EpisodeResult:
+    episode_id: str
+    status: str
+    success: Optional[bool]
+    attempts: int
+    playbook_id: str
+    code: Optional[str] = None
+    delta_id: Optional[str] = None
+    version: Optional[int] = None
+    error: Optional[str] = None
+    reflection: Optional[dict[str, Any]] = None
+    curation: Optional[dict[str, Any]] = None
+
+
+# ----------------------------------------------------------------- tracing
+
+
+class StepError(Exception):
+    """A failure inside a named step of the learning half."""
+
+    def __init__(self, step: str, cause: Exception):
+        super().__init__(str(cause))
+        self.step, self.cause = step, cause
+
+
+@contextmanager
+def _step_name(step: str) -> Iterator[None]:
+    try:
+        yield
+    except (jobs.Cancelled, StepError):
+        raise
+    except Exception as exc:
+        raise StepError(step, exc) from exc
+
+
+class Trace:
+    """Writes events for one episode as they happen."""
+
+    def __init__(self, episode_id: str, sink: Optional[EventSink] = None):
+        self.episode_id, self.sink = episode_id, sink
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
+             duration_ms: Optional[float] = None, started_at: Any = None) -> None:
+        with self._lock, write_session() as s:
+            seq = s.exec(select(func.coalesce(func.max(Event.seq), 0)).where(Event.episode_id == self.episode_id)).one()
+            s.add(Event(episode_id=self.episode_id, seq=int(seq) + 1, kind=kind, attempt=attempt, payload=payload,
+                        started_at=started_at or utcnow(), duration_ms=duration_ms))
+        if self.sink is not None:
+            self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
+
+    @contextmanager
+    def step(self, kind: str, attempt: Optional[int] = None) -> Iterator[dict[str, Any]]:
+        """Time a step; the caller fills the payload; it is written when the step ends."""
+        payload: dict[str, Any] = {}
+        started, t0 = utcnow(), time.perf_counter()
+        yield payload
+        self.emit(kind, payload, attempt, (time.perf_counter() - t0) * 1000, started)
+
+
+class OutputStream:
+    """Batches sandbox output lines into `output` events for the live view."""
+
+    def __init__(self, trace: Trace, attempt: int, every_s: float = 0.3, max_chars: int = 200_000):
+        self.trace, self.attempt, self.every_s, self.max_chars = trace, attempt, every_s, max_chars
+        self.buf: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.sent = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def callback(self, stream: str) -> Callable[[str], None]:
+        def on_line(line: str) -> None:
+            if MARKER in line:  # the test harness's report is not the program's output
+                return
+            with self.lock:
+                if self.sent >= self.max_chars:
+                    return
+                self.buf[stream].append(line)
+                self.sent += len(line)
+                due = time.monotonic() - self.last >= self.every_s
+            if due:
+                self.flush()
+        return on_line
+
+    def flush(self) -> None:
+        with self.lock:
+            chunks = {k: "".join(v) for k, v in self.buf.items() if v}
+            self.buf = {"stdout": [], "stderr": []}
+            self.last = time.monotonic()
+        for stream, text in chunks.items():
+            self.trace.emit("output", {"stream": stream, "text": text}, self.attempt)
+
+
+# ----------------------------------------------------------------- episodes
+
+
+def _update_episode(episode_id: str, **values: Any) -> None:
+    with write_session() as s:
+        ep = s.get(Episode, episode_id)
+        if ep is None:
+            return
+        for k, v in values.items():
+            setattr(ep, k, v)
+        s.add(ep)
+
+
+def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
+    """Record the episode before it runs, with its playbook chosen and why."""
+    settings = settings or get_settings()
+    if spec.playbook_id:
+        env, reason = None, f"playbook '{spec.playbook_id}' chosen by the user"
+        pid = spec.playbook_id
+    else:
+        r = route(spec.task, spec.language)
+        env, reason, pid = r.environment, r.reason, r.environment
+    with write_session() as s:
+        pb = _ensure_playbook(s, pid, environment=env)
+        ep = Episode(playbook_id=pb.id, task=spec.task, language=spec.language, tests=spec.tests,
+                     expected_output=spec.expected_output, ground_truth=spec.ground_truth, mode=spec.mode,
+                     max_iterations=spec.max_iterations or settings.max_iterations,
+                     review_mode=spec.review_mode or pb.review_mode or settings.review_mode,
+                     routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
+                     model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
+                     bench_run_id=spec.bench_run_id)
+        s.add(ep)
+        s.flush()
+        return ep
+
+
+def submit_episode(spec: TaskSpec) -> tuple[str, str]:
+    """Queue an episode for a worker; returns (episode id, job id)."""
+    ep = create_episode(spec)
+    job_id = jobs.enqueue("episode", {"episode_id": ep.id, "spec": spec.model_dump()}, max_attempts=2)
+    _update_episode(ep.id, job_id=job_id)
+    return ep.id, job_id
+
+
+def _check_cancel(job_id: Optional[str]) -> None:
+    if jobs.cancel_requested(job_id):
+        raise jobs.Cancelled()
+
+
+def _used_bullets_text(playbook_id: str, ids: list[str]) -> str:
+    lines = []
+    with read_session() as s:
+        for bid in dict.fromkeys(ids):
+            b = get_bullet(playbook_id, bid, s)
+            if b is not None:
+                lines.append(bullet_line(b))
+    return "\n".join(lines)
+
+
+def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Optional[Roles] = None,
+                sandbox: Any = None, job_id: Optional[str] = None, settings: Optional[Settings] = None,
+                on_event: Optional[EventSink] = None) -> EpisodeResult:
+    """Run one episode to the end and return how it went; never raises for the task's faults."""
+    from core.sandbox import get_sandbox
+    from core.sandbox.evaluate import evaluate
+
+    settings = settings or get_settings()
+    ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
+    trace = Trace(ep.id, on_event)
+    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
+        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, ep.delta_id)
+    _update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
+    trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
+                         "backend": ep.backend, "model": ep.model, "mode": spec.mode})
+    result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
+    own_sandbox = sandbox is None
+    totals = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+    step = "setup"
+    try:
+        if spec.mode == "llm" and roles is None:
+            step = "configure"
+            roles = Roles.from_settings(settings)
+        step = "sandbox"
+        if sandbox is None:
+            sandbox = get_sandbox(spec.backend, settings)
+        _update_episode(ep.id, isolation=getattr(sandbox, "isolation", ""))
+        attempts: list[Attempt] = []
+        used: list[str] = []
+        passed = False
+        for n in range(1, ep.max_iterations + 1 if spec.mode == "llm" else 2):
+            _check_cancel(job_id)
+            if spec.mode == "llm":
+                step = "generate"
+                query = spec.task if not attempts else f"{spec.task}\n{attempts[-1].feedback[:500]}"
+                hits = retrieve(ep.playbook_id, query, spec.k if spec.k is not None else settings.default_k)
+                text = render(None, [h.bullet for h in hits], settings.prompt_token_budget)
+                with trace.step("generate", n) as p:
+                    out = roles.generator.generate(spec.task, spec.language, text, attempts, ep.id)  # type: ignore[union-attr]
+                    p.update(messages=out.messages, response=out.raw, code=out.value.code,
+                             reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
+                             retrieved=[{"id": h.bullet.id, "score": round(h.score, 4), "scores": h.scores}
+                                        for h in hits],
+                             prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                             latency_ms=out.latency_ms, llm_mode=out.mode, call_ids=out.call_ids)
+                totals["tokens"] += out.prompt_tokens + out.completion_tokens
+                totals["llm_ms"] += out.latency_ms
+                code = out.value.code
+                used += [b for b in out.value.bullet_ids if b not in used]
+            else:
+                code = spec.code or ""
+            _check_cancel(job_id)
+            step = "execute"
+            stream = OutputStream(trace, n)
+            t0 = time.perf_counter()
+            verdict = evaluate(sandbox, code, spec.language, tests=spec.tests, expected_output=spec.expected_output,
+                               timeout=settings.sandbox_timeout, entry_point=spec.entry_point,
+                               on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
+            stream.flush()
+            totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
+            trace.emit("execute", {"code": code, "language": spec.language,
+                                   "execution": verdict.execution.model_dump(by_alias=True),
+                                   "isolation": getattr(sandbox, "isolation", "")},
+                       n, verdict.execution.duration_ms)
+            trace.emit("evaluate", {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
+                                    "error": verdict.error, "feedback": verdict.feedback}, n)
+            attempts.append(Attempt(n, code, verdict.feedback, verdict.passed, list(used)))
+            _update_episode(ep.id, attempts=n, code=code, tokens=totals["tokens"], llm_ms=totals["llm_ms"],
+                            sandbox_ms=totals["sandbox_ms"])
+            if verdict.passed:
+                passed = True
+                break
+        result.success, result.attempts, result.code = passed, len(attempts), attempts[-1].code if attempts else None
+        if spec.mode == "llm" and spec.learn:
+            outcome = (f"succeeded on attempt {len(attempts)} of {ep.max_iterations}" if passed
+                       else f"failed after {len(attempts)} attempts")
+            step = "reflect"
+            learned = reflect_and_curate(trace, roles, ep, spec.task, attempts, used, spec.ground_truth,  # type: ignore[arg-type]
+                                         outcome, totals, job_id)
+            result.delta_id, result.version = learned["delta_id"], learned["version"]
+            result.reflection, result.curation = learned["reflection"], learned["curation"]
+        result.status = "succeeded" if passed else "failed"
+        _update_episode(ep.id, status=result.status, success=passed, finished_at=utcnow(), tokens=totals["tokens"],
+                        llm_ms=totals["llm_ms"], sandbox_ms=totals["sandbox_ms"])
+    except jobs.Cancelled:
+        trace.emit("error", {"step": step, "message": "cancelled by request"})
+        result.status, result.error = "cancelled", "cancelled by request"
+        _update_episode(ep.id, status="cancelled", error=result.error, finished_at=utcnow())
+        raise
+    except Exception as exc:  # any step: record it clearly and end the episode
+        if isinstance(exc, StepError):
+            step, exc = exc.step, exc.cause
+        message = f"{step} failed: {exc}"
+        trace.emit("error", {"step": step, "message": message, "type": type(exc).__name__})
+        result.status, result.error = "error", message
+        _update_episode(ep.id, status="error", error=message, finished_at=utcnow(), tokens=totals["tokens"],
+                        llm_ms=totals["llm_ms"], sandbox_ms=totals["sandbox_ms"])
+    finally:
+        if own_sandbox and sandbox is not None:
+            sandbox.close()
+    return result
+
+
+def _load_episode(episode_id: str) -> Episode:
+    with read_session() as s:
+        ep = s.get(Episode, episode_id)
+    if ep is None:
+        raise KeyError(f"episode {episode_id!r} does not exist")
+    return ep
+
+
+# ----------------------------------------------------------------- learning
+
+
+def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attempts: list[Attempt],
+                       used: list[str], ground_truth: Optional[str], outcome: str, totals: dict[str, float],
+                       job_id: Optional[str] = None, reflector_instructions: str = "",
+                       curator_instructions: str = "") -> dict[str, Any]:
+    """The learning half: reflection on real feedback, then a delta (applied or pending)."""
+    with _step_name("reflect"), trace.step("reflect") as p:
+        refl = roles.reflector.reflect(task, attempts, _used_bullets_text(ep.playbook_id, used), ground_truth, ep.id,
+                                       reflector_instructions)
+        p.update(messages=refl.messages, response=refl.raw, reflection=refl.value.model_dump(),
+                 prompt_tokens=refl.prompt_tokens, completion_tokens=refl.completion_tokens,
+                 latency_ms=refl.latency_ms, call_ids=refl.call_ids)
+    totals["tokens"] += refl.prompt_tokens + refl.completion_tokens
+    totals["llm_ms"] += refl.latency_ms
+    r = refl.value
+    with write_session() as s:
+        s.add(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
+                         error_identification=r.error_identification, root_cause_analysis=r.root_cause_analysis,
+                         correct_approach=r.correct_approach, key_insight=r.key_insight,
+                         bullet_tags=[t.model_dump() for t in r.bullet_tags]))
+    _check_cancel(job_id)
+    pb_text = render(None, [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)])
+    with _step_name("curate"), trace.step("curate") as p:
+        cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
+        p.update(messages=cur.messages, response=cur.raw, curation=cur.value.model_dump(),
+                 prompt_tokens=cur.prompt_tokens, completion_tokens=cur.completion_tokens,
+                 latency_ms=cur.latency_ms, call_ids=cur.call_ids)
+    totals["tokens"] += cur.prompt_tokens + cur.completion_tokens
+    totals["llm_ms"] += cur.latency_ms
+    _check_cancel(job_id)
+    tag_ops = [OpIn(type="TAG", bullet_id=t.id, tag=t.tag, justification=f"reflector: {outcome}")
+               for t in r.bullet_tags]
+    ops = tag_ops + list(cur.value.operations)
+    delta_id = propose_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id, source="curator")
+    version = None
+    status = "pending"
+    with _step_name("apply"), trace.step("apply") as p:
+        p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops))
+        if not ops:
+            status = "empty"
+        elif ep.review_mode == "auto":
+            applied = auto_apply(delta_id)
+            version, status = applied.version, "applied"
+            p.update(version=version, results=[vars(x) for x in applied.results],
+                     rejected=[{"op": i, "error": e} for i, e in applied.rejected])
+        p.update(status=status)
+    _update_episode(ep.id, delta_id=delta_id)
+    return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
+            "delta_id": delta_id, "version": version, "status": status}
+
+
+_MARKED = re.compile(re.escape(BEGIN_MARK) + r"(.*?)" + re.escape(END_MARK), re.S)
+_BULLET_ID = re.compile(r"\[([A-Za-z0-9_.-]+)\]\s+helpful=")
+
+
+def extract_bullet_ids(*texts: Optional[str]) -> list[str]:
+    """Bullet ids found between the playbook markers (what an agent was shown)."""
+    ids: list[str] = []
+    for t in texts:
+        for block in _MARKED.findall(t or ""):
+            ids += [i for i in _BULLET_ID.findall(block) if i not in ids]
+    return ids
+
+
+def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Optional[str] = None,
+          evaluation: Optional[str] = None, reflector_instructions: str = "", curator_instructions: str = "",
+          job_id: Optional[str] = None, roles: Optional[Roles] = None, episode_id: Optional[str] = None) -> dict[str, Any]:
+    """Learn from a run that happened elsewhere (the service's episodes/learn)."""
+    settings = get_settings()
+    roles = roles or Roles.from_settings(settings)
+    if episode_id:
+        ep = _load_episode(episode_id)
+    else:
+        with write_session() as s:
+            pb = _ensure_playbook(s, playbook_id)
+            ep = Episode(playbook_id=pb.id, task=user_message or "(no user message)", mode="learn",
+                         ground_truth=ground_truth, review_mode=pb.review_mode or settings.review_mode,
+                         routing_reason="submitted by an agent over the ACE service", model=settings.model,
+                         job_id=job_id, status="running", started_at=utcnow())
+            s.add(ep)
+            s.flush()
+    trace = Trace(ep.id)
+    used = extract_bullet_ids(user_message, trajectory)
+    feedback = f"Trajectory:\n{trajectory}" + (f"\n\nEvaluation:\n{evaluation}" if evaluation else "")
+    passed = _looks_passed(evaluation)
+    attempt = Attempt(1, trajectory, feedback, bool(passed), used)
+    trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "used_bullets": used})
+    totals: dict[str, float] = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+    outcome = evaluation or "no evaluation given"
+    try:
+        out = reflect_and_curate(trace, roles, ep, user_message, [attempt], used, ground_truth, outcome[:500],
+                                 totals, job_id, reflector_instructions, curator_instructions)
+    except Exception as exc:
+        step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else ("learn", exc)
+        message = f"{step} failed: {cause}"
+        trace.emit("error", {"step": step, "message": message, "type": type(cause).__name__})
+        _update_episode(ep.id, status="error", error=message, finished_at=utcnow())
+        raise cause from None
+    _update_episode(ep.id, status="failed" if passed is False else "succeeded",
+                    success=passed, attempts=1, finished_at=utcnow(), tokens=totals["tokens"],
+                    llm_ms=totals["llm_ms"])
+    return out
+
+
+def _looks_passed(evaluation: Optional[str]) -> Optional[bool]:
+    if not evaluation:
+        return None
+    e = evaluation.lower()
+    if re.search(r"\b(fail(ed|ure)?|error|incorrect|wrong)\b", e):
+        return False
+    if re.search(r"\b(pass(ed)?|success(ful)?|correct)\b", e):
+        return True
+    return None
+
+
+def episode_events(episode_id: str, after_seq: int = 0) -> list[Event]:
+    with read_session() as s:
+        stmt = select(Event).where(Event.episode_id == episode_id, Event.seq > after_seq).order_by(Event.seq)
+        return list(s.exec(stmt))
+
+
+def mark_interrupted(job: Any) -> None:
+    """A worker died under this job's episode: say so in its trace."""
+    episode_id = (job.payload or {}).get("episode_id")
+    if not episode_id:
+        return
+    msg = "the worker running this episode stopped (killed?); " + (
+        "it will be run again" if job.status == "queued" else "no attempts are left")
+    Trace(episode_id).emit("error", {"step": "worker", "message": msg})
+    _update_episode(episode_id, status="queued" if job.status == "queued" else "error",
+                    error=None if job.status == "queued" else msg)

@@ -1,0 +1,142 @@
+"""The core loop end to end: the real sandbox, a real SQLite file, the real
+openai client against the fake OpenAI-compatible server."""
+
+import pytest
+from sqlmodel import select
+
+from core import playbook as P
+from core.db import read_session
+from core.loop import TaskSpec, episode_events, extract_bullet_ids, learn, run_episode
+from core.models import Delta, Episode, LLMCall, Reflection
+from core.routing import route
+from tests.fake_llm import Status
+from tests.scripted import add, cur, gen, refl
+
+TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"
+GOOD = "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"
+BAD = "def mean(xs):\n    return sum(xs) / len(xs)\n"
+
+
+def kinds(episode_id: str) -> list[str]:
+    return [e.kind for e in episode_events(episode_id) if e.kind != "output"]
+
+
+def test_full_episode_learns_and_applies(fake_llm) -> None:
+    fake_llm.reply(gen(GOOD), refl("empty lists need a guard"), cur(add("Guard mean() against empty lists")))
+    r = run_episode(TaskSpec(task="Write mean(xs), 0 for an empty list", tests=TESTS, playbook_id="stats"))
+    assert (r.status, r.success, r.attempts) == ("succeeded", True, 1)
+    assert kinds(r.episode_id) == ["route", "generate", "execute", "evaluate", "reflect", "curate", "apply"]
+    assert r.version == 1 and [b.content for b in P.active_bullets("stats")] == ["Guard mean() against empty lists"]
+    with read_session() as s:
+        ep = s.get(Episode, r.episode_id)
+        assert ep.status == "succeeded" and ep.tokens > 0 and ep.isolation
+        assert s.exec(select(Reflection)).one().key_insight == "empty lists need a guard"
+        assert len(s.exec(select(LLMCall)).all()) == 3
+        assert s.get(Delta, r.delta_id).status == "applied"
+    gen_event = next(e for e in episode_events(r.episode_id) if e.kind == "generate")
+    assert gen_event.payload["code"] == GOOD and gen_event.duration_ms > 0
+    assert gen_event.payload["prompt_tokens"] > 0
+
+
+def test_refinement_feeds_the_real_error_back(fake_llm) -> None:
+    fake_llm.reply(gen(BAD), gen(GOOD), refl(), cur())
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="stats", max_iterations=3))
+    assert (r.status, r.attempts) == ("succeeded", 2)
+    second = fake_llm.chat_requests()[1]["messages"][-1]["content"]
+    assert "ZeroDivisionError" in second and "previous attempt failed" in second
+    assert kinds(r.episode_id).count("execute") == 2
+
+
+def test_failure_after_max_iterations(fake_llm) -> None:
+    fake_llm.reply(gen(BAD), gen(BAD), refl(), cur())
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="stats", max_iterations=2))
+    assert (r.status, r.success, r.attempts) == ("failed", False, 2)
+
+
+def test_manual_review_leaves_a_pending_delta(fake_llm) -> None:
+    fake_llm.reply(gen(GOOD), refl(), cur(add("Prefer statistics.fmean for floats")))
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="stats", review_mode="manual"))
+    with read_session() as s:
+        assert s.get(Delta, r.delta_id).status == "pending"
+    assert P.active_bullets("stats") == [] and r.version is None
+
+
+def test_environment_routing() -> None:
+    assert route("Train a classifier and report accuracy", "python").environment == "ml"
+    assert route("Load the csv and compute the median per group", "python").environment == "data_analysis"
+    assert route("Reverse a string", "javascript").environment == "javascript"
+    r = route("Reverse a linked list", "python")
+    assert r.environment == "python" and "language is python" in r.reason
+
+
+def test_routed_episode_records_choice_and_runs_javascript(fake_llm) -> None:
+    fake_llm.reply(gen("console.log([1,2,3].map(x => x * 2).join(','))", language="javascript"), refl(), cur())
+    r = run_episode(TaskSpec(task="Double each number and print them", language="javascript", expected_output="2,4,6"))
+    assert r.playbook_id == "javascript" and r.success
+    route_ev = episode_events(r.episode_id)[0]
+    assert route_ev.kind == "route" and "javascript" in route_ev.payload["reason"]
+
+
+def test_learning_carries_to_the_next_related_task(fake_llm) -> None:
+    # Task A fails for want of a strategy; the curator adds it.
+    fake_llm.reply(gen(BAD), refl("average of nothing must be 0"),
+                   cur(add("When averaging, return 0 for an empty list instead of dividing by zero")))
+    a = run_episode(TaskSpec(task="Write mean(xs): the average of a list", tests=TESTS, playbook_id="learn",
+                             max_iterations=1))
+    assert a.success is False
+    (bullet,) = P.active_bullets("learn")
+    # Task B is related; the generator must see the bullet in its system message.
+    fake_llm.reply(gen("def average_score(s):\n    return sum(s) / len(s) if s else 0\n", [bullet.id]),
+                   refl(tags=[(bullet.id, "helpful")]), cur())
+    b = run_episode(TaskSpec(task="Write average_score(scores): the average of a list of scores",
+                             tests="assert average_score([]) == 0\nassert average_score([2, 4]) == 3\n",
+                             playbook_id="learn"))
+    assert b.success is True
+    system = fake_llm.chat_requests()[3]["messages"][0]
+    assert system["role"] == "system" and f"[{bullet.id}]" in system["content"]
+    assert f"[{bullet.id}]" not in fake_llm.chat_requests()[3]["messages"][1]["content"]
+    assert P.get_bullet("learn", bullet.id).helpful == 1
+
+
+def test_llm_down_ends_with_a_clear_error_and_keeps_the_trace(fake_llm) -> None:
+    fake_llm.reply(*[Status(503)] * 3)
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="stats"))
+    assert r.status == "error" and "generate failed" in r.error and "503" in r.error
+    evs = episode_events(r.episode_id)
+    assert [e.kind for e in evs] == ["route", "error"]
+    with read_session() as s:
+        assert s.get(Episode, r.episode_id).status == "error"
+
+
+def test_malformed_curator_output_changes_nothing(fake_llm) -> None:
+    bad = {"reasoning": "x", "operations": [{"type": "EXPLODE"}]}
+    fake_llm.reply(gen(GOOD), refl(), bad, bad)
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="stats"))
+    assert r.status == "error" and "curate" in (r.error or "")
+    assert P.active_bullets("stats") == []
+    assert "reflect" in kinds(r.episode_id)  # what happened before is kept
+    with read_session() as s:
+        assert s.exec(select(Reflection)).first() is not None
+
+
+def test_not_configured_says_what_to_set(db_url) -> None:
+    r = run_episode(TaskSpec(task="anything", playbook_id="x"))
+    assert r.status == "error" and "OPENAI_API_KEY" in r.error
+
+
+def test_sandbox_only_mode_needs_no_llm(db_url) -> None:
+    r = run_episode(TaskSpec(task="hello", mode="sandbox_only", code="print('hello')", expected_output="hello"))
+    assert r.success is True and kinds(r.episode_id) == ["route", "execute", "evaluate"]
+    out = [e.payload["text"] for e in episode_events(r.episode_id) if e.kind == "output"]
+    assert "".join(out).strip() == "hello"
+
+
+def test_learn_from_an_outside_trajectory(fake_llm) -> None:
+    P.apply_delta("agent", [{"type": "ADD", "content": "Quote shell arguments"}])
+    shown = P.embed_prompt("agent", "Delete the temp files", 5)
+    assert extract_bullet_ids(shown) == ["b-00001"]
+    fake_llm.reply(refl(tags=[("b-00001", "helpful")]), cur(add("Use rm -- to stop option parsing")))
+    out = learn("agent", shown, "ran: rm -- '-rf tmp'", evaluation="passed")
+    assert out["status"] == "applied" and out["version"] == 2
+    assert P.get_bullet("agent", "b-00001").helpful == 1
+    assert "b-00001" in fake_llm.chat_requests()[0]["messages"][1]["content"]
