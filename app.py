@@ -1,22 +1,23 @@
-"""Streamlit entry point: navigation over pages/ and the settings status."""
+"""Streamlit entry point: navigation over pages/, the status sidebar, the in-app worker."""
 
 import streamlit as st
 
+from core import jobs
 from core.config import get_settings
+from ui.components import sidebar_status
 
 st.set_page_config(page_title="ACE Playground", page_icon="🧠", layout="wide")
 
+if get_settings().worker_in_app:
+    jobs.ensure_background_worker()  # queued episodes run even with the browser closed
 
-def home() -> None:
-    s = get_settings()
-    st.title("ACE Playground")
-    st.write("Watch an agent learn from real code execution, and curate what it learns.")
-    if s.llm_configured:
-        st.success(f"Model: `{s.model}` at `{s.openai_base_url or 'OpenAI'}`")
-    else:
-        st.warning("No language model configured: set `OPENAI_API_KEY` (or `OPENAI_BASE_URL` for a local "
-                   "server) and `ACE_MODEL`. Sandbox runs and curation work without one.")
-
-
-pg = st.navigation([st.Page(home, title="Home", icon="🏠", default=True)])
-pg.run()
+pages = [
+    st.Page("pages/playground.py", title="Playground", icon="🧪", default=True),
+    st.Page("pages/trace.py", title="Execution trace", icon="🔎"),
+    st.Page("pages/reflection.py", title="Reflections", icon="🔍"),
+    st.Page("pages/playbook.py", title="Playbooks", icon="📒"),
+    st.Page("pages/learning.py", title="Learning curves", icon="📈"),
+]
+nav = st.navigation(pages)
+sidebar_status()
+nav.run()

@@ -1,0 +1,239 @@
+"""Playbook inspector: review pending deltas op by op, browse and edit bullets,
+compare and restore versions, import and export."""
+
+import difflib
+import html
+
+import streamlit as st
+
+from core import playbook as P
+from core import portability, versions, views
+from core.models import DeltaOp
+from ui.components import STATUS_ICON, call, friendly_errors, query_param
+
+st.title("📒 Playbooks")
+
+ids = views.playbook_ids()
+if not ids:
+    st.info("No playbooks yet. They are created by the first episode that learns, or here:")
+    new_id = st.text_input("New playbook id", key="first_pb")
+    if st.button("Create playbook") and new_id:
+        if call(P.get_or_create_playbook, new_id.strip(), success=f"Created {new_id}") is not None:
+            st.query_params["playbook"] = new_id.strip()
+            st.rerun()
+    st.stop()
+
+want = query_param("playbook")
+pid = st.selectbox("Playbook", ids, index=ids.index(want) if want in ids else 0, key="pb_select")
+if pid != want:
+    st.query_params["playbook"] = pid
+pb = P.get_playbook(pid)
+assert pb is not None
+n_pending = views.count_pending(pid)
+c = st.columns(4)
+c[0].metric("version", pb.current_version)
+c[1].metric("active bullets", P.count_bullets(pid))
+c[2].metric("pending deltas", n_pending)
+c[3].metric("environment", pb.environment)
+
+
+def diff_html(before: str, after: str) -> str:
+    """Word-level before/after with removals struck through and additions marked."""
+    a, b = before.split(), after.split()
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
+        if op in ("delete", "replace"):
+            out.append(f'<del style="background:#ffd7d5">{html.escape(" ".join(a[i1:i2]))}</del>')
+        if op in ("insert", "replace"):
+            out.append(f'<ins style="background:#ccffd8;text-decoration:none">{html.escape(" ".join(b[j1:j2]))}</ins>')
+        if op == "equal":
+            out.append(html.escape(" ".join(a[i1:i2])))
+    return '<div style="line-height:1.6">' + " ".join(out) + "</div>"
+
+
+def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
+    if op.type == "ADD":
+        st.html(f'<div style="background:#e6ffec;padding:6px;border-radius:4px">+ {html.escape(op.content or "")}'
+                f' <small>({op.section or "strategies"})</small></div>')
+    elif op.type == "UPDATE":
+        before = op.before or texts.get(op.bullet_id or "", "")
+        l, r = st.columns(2)
+        l.caption(f"before [{op.bullet_id}]")
+        l.html(f'<div style="background:#fff1f0;padding:6px">{html.escape(before)}</div>')
+        r.caption("after")
+        r.html(f'<div style="background:#e6ffec;padding:6px">{html.escape(op.content or "")}</div>')
+        st.html(diff_html(before, op.content or ""))
+    elif op.type == "REMOVE":
+        st.html(f'<div style="background:#ffebe9;padding:6px">− [{op.bullet_id}] '
+                f'<del>{html.escape(op.before or texts.get(op.bullet_id or "", ""))}</del></div>')
+    elif op.type == "TAG":
+        st.markdown(f"`[{op.bullet_id}]` {texts.get(op.bullet_id or '', '(no such bullet)')} → **{op.tag} +1**")
+    elif op.type == "MERGE":
+        for bid in op.bullet_ids:
+            st.html(f'<div style="background:#ffebe9;padding:4px">− [{bid}] {html.escape(texts.get(bid, "(missing)"))}</div>')
+        st.html(f'<div style="background:#e6ffec;padding:6px">+ {html.escape(op.content or "")}</div>')
+    if op.justification:
+        st.caption(f"why: {op.justification}")
+    if op.evidence:
+        st.caption(f"evidence: {op.evidence}")
+
+
+def decide(delta_id: str, ops: list[DeltaOp], approve: bool) -> None:
+    decisions = []
+    for op in ops:
+        edited = st.session_state.get(f"edit-{op.oid}")
+        content = edited if approve and edited is not None and edited != (op.content or "") else None
+        decisions.append(P.Decision(op.oid, approve, st.session_state.get(f"note-{op.oid}") or None, content))  # type: ignore[arg-type]
+    res = call(P.decide_ops, delta_id, decisions, actor="reviewer")
+    if res is not None:
+        st.session_state["flash"] = (f"Approved {len(res.results)} op(s): version {res.version}" if res.version
+                                     else "Recorded the decision")
+
+
+tab_review, tab_bullets, tab_versions, tab_io = st.tabs(
+    [f"Review ({n_pending})", "Bullets", "Versions", "Import / export"])
+
+if msg := st.session_state.pop("flash", None):
+    st.toast(msg)
+
+# ------------------------------------------------------------------ review
+with tab_review, friendly_errors("show pending deltas"):
+    focus = query_param("delta")
+    pending = views.pending_deltas(pid)
+    if focus and all(p.delta.id != focus for p in pending):
+        extra = views.delta_with_ops(focus)
+        if extra is not None and extra.delta.playbook_id == pid:
+            pending.insert(0, extra)
+    if not pending:
+        st.info("Nothing waiting for review. Deltas wait here when the review mode is manual.")
+    for item in pending:
+        d = item.delta
+        with st.container(border=True):
+            st.markdown(f"**{STATUS_ICON.get(d.status, '')} Delta `{d.id}`** · {d.source} · {d.status}"
+                        + (f" · from a run of: _{item.task[:100]}_" if item.task else ""))
+            if d.episode_id:
+                st.page_link("pages/trace.py", label="episode trace", icon="🔎", query_params={"episode": d.episode_id})
+            if d.reasoning:
+                st.caption(d.reasoning)
+            texts = views.current_texts(pid, [i for op in item.ops for i in ([op.bullet_id] if op.bullet_id else [])
+                                              + list(op.bullet_ids or [])])
+            open_ops = [op for op in item.ops if op.decision == "pending"]
+            for op in item.ops:
+                with st.container(border=True):
+                    st.markdown(f"**{op.type}** · op {op.seq + 1}"
+                                + ("" if op.decision == "pending" else f" · {op.decision} by {op.decided_by}")
+                                + (f" · _{op.note}_" if op.note else ""))
+                    show_op(op, texts)
+                    if op.decision != "pending":
+                        continue
+                    if op.type in ("ADD", "UPDATE", "MERGE"):
+                        st.text_area("Edit before approving", op.content or "", key=f"edit-{op.oid}", height=80)
+                    st.text_input("Note (optional)", key=f"note-{op.oid}")
+                    b1, b2, _ = st.columns([1, 1, 4])
+                    b1.button("✅ Approve", key=f"approve-{op.oid}", on_click=decide, args=(d.id, [op], True))
+                    b2.button("❌ Reject", key=f"reject-{op.oid}", on_click=decide, args=(d.id, [op], False))
+            if len(open_ops) > 1:
+                a1, a2, _ = st.columns([1, 1, 4])
+                a1.button("Approve all", key=f"approve-all-{d.id}", on_click=decide, args=(d.id, open_ops, True))
+                a2.button("Reject all", key=f"reject-all-{d.id}", on_click=decide, args=(d.id, open_ops, False))
+
+# ------------------------------------------------------------------ bullets
+with tab_bullets, friendly_errors("show bullets"):
+    f1, f2, f3 = st.columns([2, 1, 1])
+    search = f1.text_input("Search", key="bullet_search")
+    secs = [""] + views.sections(pid)
+    section = f2.selectbox("Section", secs, format_func=lambda s: s or "(all)")
+    show_removed = f3.toggle("Show removed", False)
+    df = views.bullets_frame(pid, search, section, show_removed)
+    st.caption(f"{len(df)} bullets")
+    sel = st.dataframe(df, hide_index=True, width="stretch", height=320, on_select="rerun",
+                       selection_mode="single-row", key="bullets_table",
+                       column_config={"content": st.column_config.TextColumn("content", width="large")})
+    picked = df.iloc[sel.selection.rows[0]]["id"] if sel is not None and sel.selection.rows else query_param("bullet")
+    if picked:
+        prov = views.provenance(pid, picked)
+        b = prov.get("bullet")
+        if b is not None:
+            with st.container(border=True):
+                st.markdown(f"**[{b.id}]** helpful={b.helpful} harmful={b.harmful} neutral={b.neutral} · {b.status}")
+                if b.source_episode_id:
+                    st.page_link("pages/trace.py", label=f"created by episode {b.source_episode_id}", icon="🔎",
+                                 query_params={"episode": b.source_episode_id})
+                    st.page_link("pages/reflection.py", label="its reflection", icon="🔍",
+                                 query_params={"episode": b.source_episode_id})
+                for h in prov["history"]:
+                    st.caption(f"{h['type']} in version {h['version']} ({h['source']}, delta {h['delta']})"
+                               + (f": {h['justification']}" if h["justification"] else ""))
+                if b.status == "active":
+                    new_text = st.text_area("Text", b.content, key=f"bedit-{b.id}")
+                    e1, e2, _ = st.columns([1, 1, 4])
+                    if e1.button("Save", key=f"bsave-{b.id}") and new_text != b.content:
+                        if call(P.apply_delta, pid, [{"type": "UPDATE", "bullet_id": b.id, "content": new_text,
+                                                      "justification": "edited by hand"}], source="human",
+                                success="Saved as a new version") is not None:
+                            st.rerun()
+                    if e2.button("Remove", key=f"bremove-{b.id}"):
+                        if call(P.apply_delta, pid, [{"type": "REMOVE", "bullet_id": b.id,
+                                                      "justification": "removed by hand"}], source="human",
+                                success="Removed (soft)") is not None:
+                            st.rerun()
+    with st.expander("Add a bullet"):
+        with st.form("add_bullet", clear_on_submit=True):
+            sec = st.text_input("Section", "strategies")
+            content = st.text_area("Content")
+            if st.form_submit_button("Add"):
+                res = call(P.apply_delta, pid, [{"type": "ADD", "section": sec, "content": content,
+                                                 "justification": "added by hand"}], source="human")
+                if res is not None:
+                    r0 = res.results[0]
+                    st.success(f"{r0.type} {r0.bullet_id}: version {res.version}" + (f" ({r0.note})" if r0.note else ""))
+
+# ------------------------------------------------------------------ versions
+with tab_versions, friendly_errors("show versions"):
+    vdf = views.versions_frame(pid)
+    numbers = sorted(vdf["version"].tolist(), reverse=True) if not vdf.empty else [0]
+    st.dataframe(vdf.sort_values("version", ascending=False)[["version", "created", "bullets", "tokens", "summary",
+                                                                "delta"]],
+                 hide_index=True, width="stretch", height=220)
+    link = query_param("diff") or ""
+    da, db = (link.split("..") + [""])[:2] if ".." in link else ("", "")
+    default_b = int(db) if db.isdigit() and int(db) in numbers else numbers[0]
+    default_a = int(da) if da.isdigit() and int(da) in numbers else (numbers[1] if len(numbers) > 1 else numbers[0])
+    v1, v2 = st.columns(2)
+    a = v1.selectbox("From version", numbers, index=numbers.index(default_a), key="diff_a")
+    b = v2.selectbox("To version", numbers, index=numbers.index(default_b), key="diff_b")
+    st.caption(f"Link to this diff: ?playbook={pid}&diff={a}..{b}")
+    diff = versions.diff_versions(pid, int(a), int(b))
+    if diff.empty:
+        st.info("No differences.")
+    for x in diff.added:
+        st.html(f'<div style="background:#e6ffec;padding:4px">+ [{x.bullet_id}] {html.escape(x.content)}</div>')
+    for x in diff.removed:
+        st.html(f'<div style="background:#ffebe9;padding:4px">− [{x.bullet_id}] {html.escape(x.content)}</div>')
+    for before, after in diff.changed:
+        l, r = st.columns(2)
+        l.html(f'<div style="background:#fff1f0;padding:4px">[{before.bullet_id}] {html.escape(before.content)}'
+               f'<br><small>helpful={before.helpful} harmful={before.harmful}</small></div>')
+        r.html(f'<div style="background:#e6ffec;padding:4px">[{after.bullet_id}] {html.escape(after.content)}'
+               f'<br><small>helpful={after.helpful} harmful={after.harmful}</small></div>')
+    st.divider()
+    rv = st.selectbox("Restore version", numbers, key="restore_pick")
+    if st.button(f"Restore version {rv} as a new version", key="restore_btn"):
+        if (v := call(versions.restore_version, pid, int(rv), actor="reviewer")) is not None:
+            st.session_state["flash"] = f"Restored version {rv} as version {v}"
+            st.rerun()
+
+# ------------------------------------------------------------------ import / export
+with tab_io, friendly_errors("import or export"):
+    e1, e2 = st.columns(2)
+    e1.download_button("Export JSON (lossless)", portability.export_json(pid), file_name=f"{pid}.json",
+                       mime="application/json")
+    e2.download_button("Export Markdown", portability.export_markdown(pid), file_name=f"{pid}.md",
+                       mime="text/markdown")
+    up = st.file_uploader("Import: our JSON or Markdown, an ace-agent text playbook, or a kayba skillbook JSON",
+                          type=["json", "md", "txt"])
+    replace = st.checkbox("Replace the current bullets")
+    if up is not None and st.button("Import"):
+        res = call(portability.import_playbook, pid, up.getvalue(), replace=replace, actor="reviewer")
+        if res is not None:
+            st.success(f"Imported {res[0]} bullets: version {res[1]}")

@@ -1,0 +1,50 @@
+"""Reflection output: what the Reflector concluded from a real execution."""
+
+import streamlit as st
+
+from core import views
+from ui.components import friendly_errors, query_param
+
+st.title("🔍 Reflections")
+
+with friendly_errors("load reflections"):
+    recent = views.recent_reflections()
+    episode_id = query_param("episode")
+    if not recent and not episode_id:
+        st.info("No reflections yet. They appear after an LLM episode (or an agent's episodes/learn call).")
+        st.stop()
+    options = [r.episode_id for r, _ in recent]
+    labels = {r.episode_id: f"{r.created_at:%m-%d %H:%M} · {r.playbook_id} · {task[:70]}" for r, task in recent}
+    if episode_id and episode_id not in options:
+        options.insert(0, episode_id)
+        labels[episode_id] = episode_id
+    pick = st.selectbox("Episode", options, index=options.index(episode_id) if episode_id in options else 0,
+                        format_func=lambda x: labels.get(x, x))
+    if pick != episode_id:
+        st.query_params["episode"] = pick
+    refl = views.reflection_for(pick)
+    ep = views.get_episode(pick)
+    if ep is not None:
+        st.markdown(f"**Task** {ep.task}")
+        st.caption(f"episode `{ep.id}` · {ep.status} · playbook `{ep.playbook_id}`")
+        st.page_link("pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
+    if refl is None:
+        st.info("This episode has no reflection (yet).")
+        st.stop()
+    for title, text in [("Error identification", refl.error_identification),
+                        ("Root cause analysis", refl.root_cause_analysis),
+                        ("Correct approach", refl.correct_approach), ("Key insight", refl.key_insight)]:
+        st.subheader(title)
+        st.write(text or "—")
+    if refl.reasoning:
+        with st.expander("Reasoning"):
+            st.write(refl.reasoning)
+    st.subheader("Bullets tagged")
+    if not refl.bullet_tags:
+        st.caption("The Reflector tagged no bullets.")
+    icons = {"helpful": "👍", "harmful": "👎", "neutral": "➖"}
+    texts = views.current_texts(refl.playbook_id, [t["id"] for t in refl.bullet_tags])
+    for t in refl.bullet_tags:
+        c1, c2 = st.columns([4, 1])
+        c1.markdown(f"{icons.get(t['tag'], '')} **{t['tag']}** `[{t['id']}]` {texts.get(t['id'], '(no such bullet)')}")
+        c2.page_link("pages/playbook.py", label="open", query_params={"playbook": refl.playbook_id, "bullet": t["id"]})

@@ -1,0 +1,130 @@
+"""Every page in AppTest, on an empty and on a populated database."""
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+from streamlit.testing.v1 import AppTest
+
+from core import playbook as P
+from core.db import read_session
+from core.loop import TaskSpec, run_episode
+from core.models import Delta, DeltaOp
+from tests.scripted import add, cur, gen, refl
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ["pages/playground.py", "pages/trace.py", "pages/reflection.py", "pages/playbook.py", "pages/learning.py"]
+
+
+def app(page: str | None = None, **params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture()
+def populated(fake_llm) -> dict[str, str]:
+    fake_llm.reply(gen("def mean(xs):\n    return sum(xs) / len(xs)\n"),
+                   gen("def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"),
+                   refl("guard empty input", tags=[]),
+                   cur(add("Guard against empty lists before dividing by their length")))
+    r = run_episode(TaskSpec(task="Write mean(xs)", tests="assert mean([]) == 0\nassert mean([2, 4]) == 3\n",
+                             playbook_id="stats", review_mode="manual"))
+    P.apply_delta("stats", [{"type": "ADD", "content": "Use statistics.median for medians"}])
+    run_episode(TaskSpec(task="print hi", mode="sandbox_only", code="print('hi')", expected_output="hi",
+                         playbook_id="stats"))
+    return {"episode": r.episode_id, "delta": r.delta_id}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_on_an_empty_database(db_url, page: str) -> None:
+    at = app(page)
+    assert at.title
+
+
+def test_empty_database_messages(db_url) -> None:
+    assert "No playbooks yet" in app("pages/playbook.py").info[0].value
+    assert "No episodes yet" in app("pages/trace.py").info[0].value
+    assert "No finished episodes" in app("pages/learning.py").info[0].value
+
+
+def test_playground_without_llm_says_what_to_set(db_url) -> None:
+    at = app()
+    assert at.radio(key="mode").value == "Run this code (no LLM)"
+    at.radio(key="mode").set_value("LLM episode").run()
+    assert any("OPENAI_API_KEY" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_on_a_populated_database(populated, page: str) -> None:
+    at = app(page, episode=populated["episode"], playbook="stats")
+    assert at.title
+
+
+def test_trace_shows_the_steps(populated) -> None:
+    at = app("pages/trace.py", episode=populated["episode"])
+    labels = [e.label for e in at.expander]
+    assert any("generate" in l for l in labels) and any("execute" in l for l in labels)
+    assert any("FAILED" in w.value for w in at.warning) and any("PASSED" in s.value for s in at.success)
+
+
+def test_reflection_page_shows_fields(populated) -> None:
+    at = app("pages/reflection.py", episode=populated["episode"])
+    assert [h.value for h in at.subheader][:4] == ["Error identification", "Root cause analysis",
+                                                  "Correct approach", "Key insight"]
+    assert any("guard empty input" in m.value for m in at.markdown)
+
+
+def test_approve_creates_a_version(populated) -> None:
+    at = app("pages/playbook.py", playbook="stats", delta=populated["delta"])
+    with read_session() as s:
+        op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
+    before = P.get_playbook("stats").current_version
+    at.text_area(key=f"edit-{op.oid}").set_value("Guard against empty lists before dividing")
+    at.button(key=f"approve-{op.oid}").click().run()
+    assert not at.exception
+    assert P.get_playbook("stats").current_version == before + 1
+    assert "Guard against empty lists before dividing" in [b.content for b in P.active_bullets("stats")]
+    with read_session() as s:
+        assert s.get(DeltaOp, op.oid).decision == "approved"
+        assert s.get(Delta, populated["delta"]).status == "applied"
+
+
+def test_reject_changes_the_database(populated) -> None:
+    at = app("pages/playbook.py", playbook="stats")
+    with read_session() as s:
+        op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
+    at.text_input(key=f"note-{op.oid}").set_value("too specific")
+    at.button(key=f"reject-{op.oid}").click().run()
+    with read_session() as s:
+        row = s.get(DeltaOp, op.oid)
+        assert row.decision == "rejected" and row.note == "too specific"
+        assert s.get(Delta, populated["delta"]).status == "rejected"
+    assert len(P.active_bullets("stats")) == 1
+
+
+def test_sandbox_only_run_from_the_playground(db_url, monkeypatch) -> None:
+    monkeypatch.setenv("ACE_WORKER_IN_APP", "1")
+    at = app()
+    at.text_area(key="task").set_value("say hi")
+    at.session_state["code_ace_0"] = "print('hi from the sandbox')"
+    at.text_area(key="expected").set_value("hi from the sandbox")
+    at.button[-1].click().run()  # Run
+    assert not at.exception
+    assert at.query_params.get("episode")
+
+
+def test_version_diff_and_restore(populated) -> None:
+    P.apply_delta("stats", [{"type": "REMOVE", "bullet_id": "b-00001"}])
+    at = app("pages/playbook.py", playbook="stats", diff="1..2")
+    assert not at.exception
+    v = P.get_playbook("stats").current_version
+    at.selectbox(key="restore_pick").set_value(1)
+    at.button(key="restore_btn").click().run()
+    assert P.get_playbook("stats").current_version == v + 1
