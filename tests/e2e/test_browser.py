@@ -1,0 +1,142 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright.
+
+Runs as its own pytest invocation (`make test-e2e`). Screenshots of every
+page land in artifacts/screenshots/ for a person to look at.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    db = tmp_path_factory.mktemp("e2e") / "ace.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY")}
+    env.update(ACE_DB_URL=f"sqlite:///{db}", ACE_WORKER_IN_APP="1")
+    # A pending delta to approve, as a Curator in manual mode would leave it.
+    seed = ("from core import playbook as P\n"
+            "P.apply_delta('demo', [{'type': 'ADD', 'content': 'Guard divisions against empty inputs'}])\n"
+            "print(P.propose_delta('demo', [{'type': 'ADD', 'section': 'pitfalls', "
+            "'content': 'Check for None before calling methods on optional values', "
+            "'justification': 'AttributeError seen in a run', 'evidence': \"'NoneType' object has no attribute\"}], "
+            "reasoning='from the e2e seed'))\n")
+    delta_id = subprocess.run([sys.executable, "-c", seed], env=env, cwd=ROOT, check=True, capture_output=True,
+                              text=True).stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not start: " + (proc.stdout.read() or b"").decode()[-2000:])
+    yield {"url": url, "db": str(db), "delta": delta_id, "env": env}  # type: ignore[dict-item]
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server: dict[str, str]):  # type: ignore[no-untyped-def]
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(30_000)
+        yield pg
+        browser.close()
+
+
+def db_query(server: dict[str, str], code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=server["env"], cwd=ROOT, check=True,  # type: ignore[arg-type]
+                          capture_output=True, text=True).stdout.strip()
+
+
+def settle(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
+    page.wait_for_timeout(800)  # canvases (dataframes, plots) draw after the last message
+
+
+def test_sandbox_only_run_through_the_playground(server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(server["url"])
+    page.get_by_text("Playground").first.wait_for()
+    settle(page)
+    page.get_by_role("button", name="Plot a sine wave (PNG result)").click()
+    settle(page)
+    page.get_by_role("button", name="▶ Run").click()
+    page.get_by_text("PASSED").first.wait_for(timeout=60_000)
+    page.locator("[data-testid='stImage'] img").first.wait_for(timeout=30_000)
+    settle(page)
+    page.screenshot(path=str(SHOTS / "1-playground-run.png"), full_page=True)
+    status = db_query(server, "from core import views; print(views.episodes_frame()['status'].iloc[0])")
+    assert status == "succeeded"
+
+
+def test_trace_and_reflection_pages(server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server['url']}/trace")
+    page.get_by_text("Execution trace").first.wait_for()
+    settle(page)
+    page.screenshot(path=str(SHOTS / "2-trace.png"), full_page=True)
+    page.goto(f"{server['url']}/reflection")
+    page.get_by_text("Reflections").first.wait_for()
+    settle(page)
+    page.screenshot(path=str(SHOTS / "3-reflections.png"), full_page=True)
+
+
+def test_approve_a_pending_op_in_the_diff_viewer(server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server['url']}/playbook?playbook=demo&delta={server['delta']}")
+    page.get_by_text("Check for None before calling methods").first.wait_for()
+    settle(page)
+    page.screenshot(path=str(SHOTS / "4-playbook-review.png"), full_page=True)
+    page.get_by_role("button", name="✅ Approve").first.click()
+    page.get_by_text("approved by reviewer").first.wait_for(timeout=30_000)
+    settle(page)
+    page.screenshot(path=str(SHOTS / "5-playbook-approved.png"), full_page=True)
+    out = db_query(server, "from core import playbook as P; pb = P.get_playbook('demo'); "
+                           "print(pb.current_version, [b.content for b in P.active_bullets('demo')][-1])")
+    assert out == "2 Check for None before calling methods on optional values"
+
+
+def test_learning_curves(server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server['url']}/learning")
+    page.get_by_text("Learning curves").first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+    settle(page)
+    page.screenshot(path=str(SHOTS / "6-learning.png"), full_page=True)
