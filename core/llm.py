@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic, Optional, TypeVar
 
 import openai
@@ -68,9 +69,21 @@ def extract_json(text: str) -> Any:
     return json.loads(candidate[start:end + 1])
 
 
+@lru_cache(maxsize=64)
+def _schema(schema: type[BaseModel]) -> dict[str, Any]:
+    return schema.model_json_schema()
+
+
+@lru_cache(maxsize=8)
+def _openai_client(base_url: Optional[str], api_key: Optional[str], timeout: float) -> openai.OpenAI:
+    """One SDK client (and its connection pool and TLS context) per endpoint, shared across threads."""
+    return openai.OpenAI(base_url=base_url or None, api_key=api_key or "not-needed-for-local-servers",
+                         timeout=timeout, max_retries=0)  # retries are ours, so each attempt is logged
+
+
 def _schema_instruction(schema: type[BaseModel]) -> str:
     return ("Reply with only one JSON object, no prose and no code fences, matching this JSON schema:\n"
-            + json.dumps(schema.model_json_schema()))
+            + json.dumps(_schema(schema)))
 
 
 class LLMClient:
@@ -82,12 +95,8 @@ class LLMClient:
         self.log_calls = log_calls
         if not self.settings.llm_configured:
             raise LLMNotConfigured()
-        self._client = openai.OpenAI(
-            base_url=self.settings.openai_base_url or None,
-            api_key=self.settings.openai_api_key or "not-needed-for-local-servers",
-            timeout=self.settings.llm_timeout,
-            max_retries=0,  # retries are ours, so each attempt is logged
-        )
+        self._client = _openai_client(self.settings.openai_base_url, self.settings.openai_api_key,
+                                      self.settings.llm_timeout)
         self._key = (self.settings.openai_base_url or "openai", self.settings.model)
 
     @property
@@ -114,7 +123,7 @@ class LLMClient:
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
         if mode == "json_schema":
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": schema.__name__, "schema": schema.model_json_schema(), "strict": False}}
+                "name": schema.__name__, "schema": _schema(schema), "strict": False}}
         elif mode == "json_object":
             kwargs["response_format"] = {"type": "json_object"}
         return self._client.chat.completions.create(**kwargs)

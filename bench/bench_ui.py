@@ -1,0 +1,85 @@
+"""How long the heavy pages take to render in AppTest, beside an empty page.
+
+Playbook page: 5,000 bullets and 200 versions. Learning page: 10,000
+episodes. Target: each under 2 s. Run: .venv/bin/python bench/bench_ui.py
+"""
+
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+tmp = tempfile.mkdtemp()
+os.environ["ACE_DB_URL"] = f"sqlite:///{tmp}/bench.db"
+os.environ["ACE_WORKER_IN_APP"] = "0"
+for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+    os.environ.pop(k, None)
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from core import playbook as P  # noqa: E402
+from core import portability  # noqa: E402
+from core.db import write_session  # noqa: E402
+from core.models import Episode, utcnow  # noqa: E402
+
+WORDS = ("cache retry parse json regex pandas index sort merge async await timeout encode utf8 path file csv "
+         "numpy float round int divide zero empty list dict key value loop recursion memo").split()
+
+
+def populate() -> None:
+    rnd = random.Random(7)
+    bullets = [{"id": f"py-{i:05d}", "section": rnd.choice(["strategies", "pitfalls", "snippets"]),
+                "content": " ".join(rnd.choices(WORDS, k=14)) + f" #{i}", "helpful": rnd.randint(0, 9),
+                "harmful": rnd.randint(0, 3)} for i in range(1, 4802)]
+    portability.import_playbook("big", json.dumps({"format": "ace-playground/1", "playbook": {"name": "big"},
+                                                   "bullets": bullets}))
+    for i in range(199):
+        P.apply_delta("big", [{"type": "ADD", "content": f"version bullet {i} " + " ".join(rnd.choices(WORDS, k=10))}])
+    now = utcnow()
+    with write_session() as s:
+        for i in range(10_000):
+            ok = rnd.random() < min(0.9, 0.3 + i / 15000)
+            s.add(Episode(playbook_id="big", task=f"task {i}", status="succeeded" if ok else "failed", success=ok,
+                          attempts=rnd.randint(1, 3), tokens=rnd.randint(500, 4000),
+                          created_at=now + timedelta(seconds=i), started_at=now + timedelta(seconds=i),
+                          finished_at=now + timedelta(seconds=i + rnd.uniform(2, 20))))
+
+
+def render(page: str | None, **params: str) -> float:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page is None:
+        t0 = time.perf_counter()
+        at.run()
+        return time.perf_counter() - t0
+    at.switch_page(page)
+    t0 = time.perf_counter()
+    at.run()
+    elapsed = time.perf_counter() - t0
+    assert not at.exception, [e.value for e in at.exception]
+    return elapsed
+
+
+def best_of(n: int, fn, *args, **kw) -> float:  # type: ignore[no-untyped-def]
+    return min(fn(*args, **kw) for _ in range(n))
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    populate()
+    print(f"populated 5,000 bullets / 200 versions / 10,000 episodes in {time.perf_counter() - t0:.1f} s")
+    base = best_of(3, render, "pages/reflection.py")
+    pb = best_of(3, render, "pages/playbook.py", playbook="big")
+    learn = best_of(3, render, "pages/learning.py", playbook="big")
+    print(f"{'page':42} {'AppTest render (best of 3)':>28}")
+    print(f"{'baseline: reflections page (empty)':42} {base:>26.2f} s")
+    print(f"{'playbook page: 5,000 bullets, 200 versions':42} {pb:>26.2f} s   target < 2 s: {'OK' if pb < 2 else 'MISSED'}")
+    print(f"{'learning page: 10,000 episodes':42} {learn:>26.2f} s   target < 2 s: {'OK' if learn < 2 else 'MISSED'}")
