@@ -61,6 +61,10 @@ class Settings:
     service_token: str | None = field(default=None, repr=False)
     service_max_body_bytes: int = 1_000_000
     worker_in_app: bool = True
+    service_cors_origins: str = ""  # comma-separated; empty: localhost and 127.0.0.1 on 3000 and 8080
+    rank_weights: str = ""  # e.g. "semantic=1,lexical=0.5,counters=0.2,provenance=0.3"; empty: defaults
+    query_expansion: bool = False  # ask the LLM for likely pitfalls to widen retrieval queries
+    semantic_dedup_threshold: float = 0.9  # cosine at which an ADD is a near-duplicate
 
     @property
     def llm_configured(self) -> bool:
@@ -117,6 +121,10 @@ def load_settings(env: dict[str, str] | None = None, env_file: Path | None = Non
         service_token=g("ACE_SERVICE_TOKEN") or None,
         service_max_body_bytes=_int(g("ACE_SERVICE_MAX_BODY"), 1_000_000),
         worker_in_app=_bool(g("ACE_WORKER_IN_APP"), True),
+        service_cors_origins=g("ACE_SERVICE_CORS_ORIGINS") or "",
+        rank_weights=g("ACE_RANK_WEIGHTS") or "",
+        query_expansion=_bool(g("ACE_QUERY_EXPANSION")),
+        semantic_dedup_threshold=_float(g("ACE_SEMANTIC_DEDUP_THRESHOLD"), 0.9),
     )
 
 

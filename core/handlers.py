@@ -16,7 +16,11 @@ def run_episode_job(job: Job) -> dict[str, Any]:
 
 
 def run_learn_job(job: Job) -> dict[str, Any]:
-    p = job.payload
+    p = dict(job.payload)
+    if not p.get("episode_id"):  # one episode per learn request, kept across retries
+        p["episode_id"] = loop.create_learn_episode(p["playbook_id"], p.get("user_message") or "",
+                                                    p.get("ground_truth"), job.id).id
+        jobs.update_payload(job.id, p)
     return loop.learn(p["playbook_id"], p.get("user_message") or "", p.get("trajectory") or "",
                       ground_truth=p.get("ground_truth"), evaluation=p.get("evaluation"),
                       reflector_instructions=p.get("reflector_additional_instructions") or "",
@@ -27,3 +31,19 @@ def run_learn_job(job: Job) -> dict[str, Any]:
 jobs.register("episode", run_episode_job)
 jobs.register("learn", run_learn_job)
 jobs.on_recovered(loop.mark_interrupted)
+
+
+def run_bench_job(job: Job) -> dict[str, Any]:
+    from core import bench
+
+    return bench.run_bench_job(job)
+
+
+def mark_bench_interrupted(job: Job) -> None:
+    from core import bench
+
+    bench.mark_job_interrupted(job)
+
+
+jobs.register("bench", run_bench_job)
+jobs.on_recovered(mark_bench_interrupted)

@@ -77,6 +77,14 @@ def claim(worker_id: str, kinds: Optional[list[str]] = None) -> Optional[Job]:
         return job
 
 
+def update_payload(job_id: str, payload: dict[str, Any]) -> None:
+    with write_session() as s:
+        job = s.get(Job, job_id)
+        if job is not None:
+            job.payload = payload
+            s.add(job)
+
+
 def heartbeat(job_id: str) -> bool:
     """Refresh the heartbeat; True when cancellation was requested."""
     with write_session() as s:

@@ -52,6 +52,7 @@ class TaskSpec(BaseModel):
     entry_point: Optional[str] = None
     learn: bool = True  # False: evaluate with the playbook frozen (benchmark test split)
     bench_run_id: Optional[str] = None
+    workflow: Literal["single", "review"] = "single"  # review: generator, reviewer, optimizer (core/review.py)
 
 
 @dataclass
@@ -112,11 +113,19 @@ class Trace:
         self._lock = threading.Lock()
 
     def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
-             duration_ms: Optional[float] = None, started_at: Any = None) -> None:
+             duration_ms: Optional[float] = None, started_at: Any = None,
+             episode: Optional[dict[str, Any]] = None) -> None:
+        """Append an event, and update the episode row in the same transaction when asked."""
         with self._lock, write_session() as s:
             seq = s.exec(select(func.coalesce(func.max(Event.seq), 0)).where(Event.episode_id == self.episode_id)).one()
             s.add(Event(episode_id=self.episode_id, seq=int(seq) + 1, kind=kind, attempt=attempt, payload=payload,
                         started_at=started_at or utcnow(), duration_ms=duration_ms))
+            if episode:
+                ep = s.get(Episode, self.episode_id)
+                if ep is not None:
+                    for k, v in episode.items():
+                        setattr(ep, k, v)
+                    s.add(ep)
         if self.sink is not None:
             self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
 
@@ -228,14 +237,19 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     from core.sandbox import get_sandbox
     from core.sandbox.evaluate import evaluate
 
+    if spec.workflow == "review" and spec.mode == "llm":
+        from core.review import run_review_episode
+
+        return run_review_episode(spec, episode_id=episode_id, roles=roles, sandbox=sandbox, job_id=job_id,
+                                  settings=settings, on_event=on_event)
     settings = settings or get_settings()
     ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
     trace = Trace(ep.id, on_event)
     if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
         return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, ep.delta_id)
-    _update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
     trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
-                         "backend": ep.backend, "model": ep.model, "mode": spec.mode})
+                         "backend": ep.backend, "model": ep.model, "mode": spec.mode},
+               episode={"status": "running", "started_at": utcnow(), "job_id": job_id or ep.job_id})
     result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
     own_sandbox = sandbox is None
     totals = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
@@ -247,7 +261,6 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
         step = "sandbox"
         if sandbox is None:
             sandbox = get_sandbox(spec.backend, settings)
-        _update_episode(ep.id, isolation=getattr(sandbox, "isolation", ""))
         attempts: list[Attempt] = []
         used: list[str] = []
         passed = False
@@ -284,12 +297,12 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
             trace.emit("execute", {"code": code, "language": spec.language,
                                    "execution": verdict.execution.model_dump(by_alias=True),
                                    "isolation": getattr(sandbox, "isolation", "")},
-                       n, verdict.execution.duration_ms)
+                       n, verdict.execution.duration_ms, episode={"isolation": getattr(sandbox, "isolation", "")})
             trace.emit("evaluate", {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
-                                    "error": verdict.error, "feedback": verdict.feedback}, n)
+                                    "error": verdict.error, "feedback": verdict.feedback}, n,
+                       episode={"attempts": n, "code": code, "tokens": totals["tokens"], "llm_ms": totals["llm_ms"],
+                                "sandbox_ms": totals["sandbox_ms"]})
             attempts.append(Attempt(n, code, verdict.feedback, verdict.passed, list(used)))
-            _update_episode(ep.id, attempts=n, code=code, tokens=totals["tokens"], llm_ms=totals["llm_ms"],
-                            sandbox_ms=totals["sandbox_ms"])
             if verdict.passed:
                 passed = True
                 break
@@ -403,18 +416,13 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
           job_id: Optional[str] = None, roles: Optional[Roles] = None, episode_id: Optional[str] = None) -> dict[str, Any]:
     """Learn from a run that happened elsewhere (the service's episodes/learn)."""
     settings = get_settings()
+    ep = _load_episode(episode_id) if episode_id else create_learn_episode(playbook_id, user_message, ground_truth,
+                                                                           job_id)
+    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
+        return {"episode_id": ep.id, "reflection": None, "curation": None, "delta_id": ep.delta_id,
+                "version": None, "status": "already learned"}
+    _update_episode(ep.id, status="running", started_at=utcnow(), error=None)
     roles = roles or Roles.from_settings(settings)
-    if episode_id:
-        ep = _load_episode(episode_id)
-    else:
-        with write_session() as s:
-            pb = _ensure_playbook(s, playbook_id)
-            ep = Episode(playbook_id=pb.id, task=user_message or "(no user message)", mode="learn",
-                         ground_truth=ground_truth, review_mode=pb.review_mode or settings.review_mode,
-                         routing_reason="submitted by an agent over the ACE service", model=settings.model,
-                         job_id=job_id, status="running", started_at=utcnow())
-            s.add(ep)
-            s.flush()
     trace = Trace(ep.id)
     used = extract_bullet_ids(user_message, trajectory)
     feedback = f"Trajectory:\n{trajectory}" + (f"\n\nEvaluation:\n{evaluation}" if evaluation else "")
@@ -436,6 +444,21 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
                     success=passed, attempts=1, finished_at=utcnow(), tokens=totals["tokens"],
                     llm_ms=totals["llm_ms"])
     return out
+
+
+def create_learn_episode(playbook_id: str, user_message: str, ground_truth: Optional[str] = None,
+                         job_id: Optional[str] = None) -> Episode:
+    """The episode a learn request shows up as in the trace and reflection pages."""
+    settings = get_settings()
+    with write_session() as s:
+        pb = _ensure_playbook(s, playbook_id)
+        ep = Episode(playbook_id=pb.id, task=user_message or "(no user message)", mode="learn",
+                     ground_truth=ground_truth, review_mode=pb.review_mode or settings.review_mode,
+                     routing_reason="submitted by an agent over the ACE service", model=settings.model,
+                     job_id=job_id)
+        s.add(ep)
+        s.flush()
+        return ep
 
 
 def _looks_passed(evaluation: Optional[str]) -> Optional[bool]:
