@@ -150,3 +150,61 @@ class LLMCurator:
                                                reflection=refl)},
         ]
         return self.llm.structured(self.role, msgs, CuratorOutput, episode_id)
+
+
+# ------------------------------------------------------------------ review workflow
+# A reviewer reads code and what really happened when it ran; an optimizer
+# rewrites it. Each learns into its own playbook (see core/review.py).
+
+
+class ReviewerOutput(BaseModel):
+    reasoning: str = ""
+    needs_optimization: bool = False
+    issues: list[str] = Field(default_factory=list)
+    suggestions: str = ""
+    bullet_ids: list[str] = Field(default_factory=list)
+
+
+class OptimizerOutput(BaseModel):
+    reasoning: str = ""
+    bullet_ids: list[str] = Field(default_factory=list)
+    code: str
+    language: str = "python"
+
+
+class Reviewer(Protocol):
+    def review(self, task: str, language: str, code: str, feedback: str, playbook_text: str,
+               episode_id: Optional[str] = None) -> LLMResult[ReviewerOutput]: ...
+
+
+class Optimizer(Protocol):
+    def optimize(self, task: str, language: str, code: str, feedback: str, review: ReviewerOutput,
+                 playbook_text: str, episode_id: Optional[str] = None) -> LLMResult[OptimizerOutput]: ...
+
+
+class LLMReviewer:
+    def __init__(self, llm: LLMClient, role: str = "reviewer"):
+        self.llm, self.role = llm, role
+
+    def review(self, task: str, language: str, code: str, feedback: str, playbook_text: str,
+               episode_id: Optional[str] = None) -> LLMResult[ReviewerOutput]:
+        msgs = [
+            {"role": "system", "content": prompt("reviewer", language=language, playbook=playbook_text)},
+            {"role": "user", "content": prompt("reviewer_user", task=task, code=clip(code), feedback=clip(feedback))},
+        ]
+        return self.llm.structured(self.role, msgs, ReviewerOutput, episode_id)
+
+
+class LLMOptimizer:
+    def __init__(self, llm: LLMClient, role: str = "optimizer"):
+        self.llm, self.role = llm, role
+
+    def optimize(self, task: str, language: str, code: str, feedback: str, review: ReviewerOutput,
+                 playbook_text: str, episode_id: Optional[str] = None) -> LLMResult[OptimizerOutput]:
+        issues = "\n".join(f"- {i}" for i in review.issues) or "(none listed)"
+        msgs = [
+            {"role": "system", "content": prompt("optimizer", language=language, playbook=playbook_text)},
+            {"role": "user", "content": prompt("optimizer_user", task=task, code=clip(code), feedback=clip(feedback),
+                                               issues=issues, suggestions=review.suggestions or "(none)")},
+        ]
+        return self.llm.structured(self.role, msgs, OptimizerOutput, episode_id)

@@ -1,0 +1,290 @@
+"""The review workflow: generator, reviewer and optimizer, each with its own playbook.
+
+A generator writes code and it runs; a reviewer reads the code and what really
+happened and says whether it needs optimizing; an optimizer rewrites it and
+the rewrite runs and is judged again. Every step lands in the same trace as
+the single-role loop (`generate`, `execute`, `evaluate`, `review`, `optimize`,
+then `reflect`/`curate`/`apply` once per role, each payload naming its
+`role`). Each role learns into its own playbook (`<pid>`, `<pid>-reviewer`,
+`<pid>-optimizer`) through the same propose/auto-apply path, so every role's
+deltas can be curated in the diff viewer.
+
+Reached through `core.loop.run_episode` with `TaskSpec(workflow="review")`.
+"""
+
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Optional
+
+from core import jobs
+from core.config import Settings, get_settings
+from core.db import write_session
+from core.llm import LLMResult
+from core.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
+                       _load_episode, _update_episode, create_episode, reflect_and_curate)
+from core.models import Episode, utcnow
+from core.playbook import _ensure_playbook, render, retrieve
+from core.roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
+from core.sandbox.evaluate import Verdict
+
+ROLE_SUFFIX = {"generator": "", "reviewer": "-reviewer", "optimizer": "-optimizer"}
+
+REFLECT_FOR = {
+    "generator": "You are reflecting on the GENERATOR: the first version of the code. Extract a lesson that helps "
+                 "a generator write code that passes the first time.",
+    "reviewer": "You are reflecting on the REVIEWER: each attempt shows the code it reviewed, the real execution, "
+                "its decision (optimize or not) and what happened after. Judge whether the decision was right "
+                "and extract a lesson that helps a reviewer decide and point at the real problem.",
+    "optimizer": "You are reflecting on the OPTIMIZER: each attempt is one of its rewrites with the real "
+                 "execution of that rewrite. Extract a lesson that helps an optimizer rewrite code correctly.",
+}
+
+
+@dataclass
+class ReviewRoles(Roles):
+    """The three-role loop's roles; missing reviewer/optimizer come from settings."""
+
+    reviewer: Optional[Reviewer] = None
+    optimizer: Optional[Optimizer] = None
+
+    @classmethod
+    def from_settings(cls, settings: Optional[Settings] = None) -> "ReviewRoles":
+        from core.llm import LLMClient
+        from core.roles import LLMCurator, LLMGenerator, LLMOptimizer, LLMReflector, LLMReviewer
+
+        llm = LLMClient(settings)
+        return cls(LLMGenerator(llm), LLMReflector(llm), LLMCurator(llm), LLMReviewer(llm), LLMOptimizer(llm))
+
+
+def role_playbooks(playbook_id: str) -> dict[str, str]:
+    """Playbook id per role: the generator keeps the episode's own."""
+    out = {role: f"{playbook_id}{suffix}" for role, suffix in ROLE_SUFFIX.items()}
+    if len(out["optimizer"]) > 64:
+        raise ValueError(f"playbook id {playbook_id!r} is too long for the review workflow (at most 54 characters)")
+    return out
+
+
+class RoleTrace(Trace):
+    """The episode's trace, with the acting role written into every payload."""
+
+    def __init__(self, base: Trace, role: str):
+        super().__init__(base.episode_id, base.sink)
+        self._lock, self.role = base._lock, role
+
+    def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
+             duration_ms: Optional[float] = None, started_at: Any = None) -> None:
+        super().emit(kind, {**payload, "role": self.role}, attempt, duration_ms, started_at)
+
+
+def _complete_roles(roles: Optional[Roles], settings: Settings) -> ReviewRoles:
+    if isinstance(roles, ReviewRoles) and roles.reviewer is not None and roles.optimizer is not None:
+        return roles
+    full = ReviewRoles.from_settings(settings)
+    if roles is None:
+        return full
+    return ReviewRoles(roles.generator, roles.reflector, roles.curator,
+                       getattr(roles, "reviewer", None) or full.reviewer,
+                       getattr(roles, "optimizer", None) or full.optimizer)
+
+
+def _llm_fields(out: LLMResult[Any]) -> dict[str, Any]:
+    return {"messages": out.messages, "response": out.raw, "prompt_tokens": out.prompt_tokens,
+            "completion_tokens": out.completion_tokens, "latency_ms": out.latency_ms, "llm_mode": out.mode,
+            "call_ids": out.call_ids}
+
+
+class _Run:
+    """One review episode's state: what ran, what each role used, the totals."""
+
+    def __init__(self, spec: TaskSpec, ep: Episode, trace: Trace, roles: ReviewRoles, sandbox: Any,
+                 settings: Settings, job_id: Optional[str]):
+        self.spec, self.ep, self.trace, self.roles, self.sandbox = spec, ep, trace, roles, sandbox
+        self.settings, self.job_id = settings, job_id
+        self.pbs = role_playbooks(ep.playbook_id)
+        self.totals: dict[str, float] = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+        self.used: dict[str, list[str]] = {r: [] for r in ROLE_SUFFIX}
+        self.runs = 0
+        self.step = "setup"
+
+    def playbook_text(self, role: str, query: str) -> tuple[str, list[Any]]:
+        k = self.spec.k if self.spec.k is not None else self.settings.default_k
+        hits = retrieve(self.pbs[role], query, k)
+        return render(None, [h.bullet for h in hits], self.settings.prompt_token_budget), hits
+
+    def count(self, role: str, out: LLMResult[Any], ids: list[str]) -> None:
+        self.totals["tokens"] += out.prompt_tokens + out.completion_tokens
+        self.totals["llm_ms"] += out.latency_ms
+        self.used[role] += [b for b in ids if b not in self.used[role]]
+
+    def execute(self, code: str, role: str) -> Verdict:
+        from core.sandbox.evaluate import evaluate
+
+        _check_cancel(self.job_id)
+        self.step, self.runs = "execute", self.runs + 1
+        n, spec, trace = self.runs, self.spec, RoleTrace(self.trace, role)
+        stream = OutputStream(trace, n)
+        t0 = time.perf_counter()
+        verdict = evaluate(self.sandbox, code, spec.language, tests=spec.tests, expected_output=spec.expected_output,
+                           timeout=self.settings.sandbox_timeout, entry_point=spec.entry_point,
+                           on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
+        stream.flush()
+        self.totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
+        trace.emit("execute", {"code": code, "language": spec.language,
+                               "execution": verdict.execution.model_dump(by_alias=True),
+                               "isolation": getattr(self.sandbox, "isolation", "")}, n, verdict.execution.duration_ms)
+        trace.emit("evaluate", {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
+                                "error": verdict.error, "feedback": verdict.feedback}, n)
+        _update_episode(self.ep.id, attempts=n, code=code, tokens=self.totals["tokens"], llm_ms=self.totals["llm_ms"],
+                        sandbox_ms=self.totals["sandbox_ms"])
+        return verdict
+
+    def generate(self) -> tuple[str, Verdict]:
+        _check_cancel(self.job_id)
+        self.step = "generate"
+        text, hits = self.playbook_text("generator", self.spec.task)
+        with RoleTrace(self.trace, "generator").step("generate", 1) as p:
+            out = self.roles.generator.generate(self.spec.task, self.spec.language, text, [], self.ep.id)
+            p.update(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
+                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+        self.count("generator", out, out.value.bullet_ids)
+        return out.value.code, self.execute(out.value.code, "generator")
+
+    def review(self, code: str, verdict: Verdict) -> tuple[ReviewerOutput, bool]:
+        _check_cancel(self.job_id)
+        self.step = "review"
+        text, hits = self.playbook_text("reviewer", f"{self.spec.task}\n{verdict.feedback[:500]}")
+        with RoleTrace(self.trace, "reviewer").step("review", self.runs) as p:
+            reviewer: Reviewer = self.roles.reviewer  # type: ignore[assignment]
+            out = reviewer.review(self.spec.task, self.spec.language, code, verdict.feedback, text, self.ep.id)
+            r = out.value
+            forced = not verdict.passed and not r.needs_optimization
+            p.update(needs_optimization=r.needs_optimization, forced=forced, issues=r.issues,
+                     suggestions=r.suggestions, reasoning=r.reasoning, bullet_ids=r.bullet_ids, passed=verdict.passed,
+                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+        self.count("reviewer", out, r.bullet_ids)
+        return r, r.needs_optimization or forced
+
+    def optimize(self, code: str, verdict: Verdict, review: ReviewerOutput) -> tuple[str, Verdict]:
+        _check_cancel(self.job_id)
+        self.step = "optimize"
+        query = f"{self.spec.task}\n{' '.join(review.issues)[:500]}"
+        text, hits = self.playbook_text("optimizer", query)
+        with RoleTrace(self.trace, "optimizer").step("optimize", self.runs + 1) as p:
+            optimizer: Optimizer = self.roles.optimizer  # type: ignore[assignment]
+            out = optimizer.optimize(self.spec.task, self.spec.language, code, verdict.feedback, review, text,
+                                     self.ep.id)
+            p.update(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
+                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+        self.count("optimizer", out, out.value.bullet_ids)
+        return out.value.code, self.execute(out.value.code, "optimizer")
+
+    def learn(self, role: str, attempts: list[Attempt], outcome: str) -> dict[str, Any]:
+        self.step = "reflect"
+        # the learning half reads only these three fields; the episode row stays the generator's
+        role_ep = SimpleNamespace(id=self.ep.id, playbook_id=self.pbs[role], review_mode=self.ep.review_mode)
+        trace = RoleTrace(self.trace, role)
+        return reflect_and_curate(trace, self.roles, role_ep, self.spec.task, attempts,  # type: ignore[arg-type]
+                                  self.used[role], self.spec.ground_truth, outcome, self.totals, self.job_id,
+                                  reflector_instructions=REFLECT_FOR[role])
+
+
+def _review_feedback(verdict: Verdict, review: ReviewerOutput, optimize: bool, after: Optional[Verdict]) -> str:
+    issues = "; ".join(review.issues) or "none"
+    then = ("no rewrite was asked for" if not optimize else
+            f"the optimizer's rewrite {'PASSED' if after and after.passed else 'FAILED'}"
+            + (f": {after.feedback[:600]}" if after else ""))
+    return (f"Execution of the reviewed code:\n{clip(verdict.feedback, 1500)}\n\nReviewer decision: "
+            f"needs_optimization={review.needs_optimization}; issues: {issues}; suggestions: "
+            f"{review.suggestions or 'none'}\n\nWhat followed: {then}")
+
+
+def run_review_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Optional[Roles] = None,
+                       sandbox: Any = None, job_id: Optional[str] = None, settings: Optional[Settings] = None,
+                       on_event: Optional[EventSink] = None) -> EpisodeResult:
+    """Generate, run, review, optimize and rerun, then let each role learn; never raises for the task's faults."""
+    from core.sandbox import get_sandbox
+
+    settings = settings or get_settings()
+    ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
+    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
+        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, ep.delta_id)
+    trace = Trace(ep.id, on_event)
+    _update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
+    result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
+    own_sandbox = sandbox is None
+    run: Optional[_Run] = None
+    step = "setup"
+    try:
+        pbs = role_playbooks(ep.playbook_id)
+        with write_session() as s:
+            for pid in pbs.values():
+                _ensure_playbook(s, pid)
+        trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
+                             "backend": ep.backend, "model": ep.model, "mode": spec.mode, "workflow": "review",
+                             "playbooks": pbs})
+        step = "configure"
+        full = _complete_roles(roles, settings)
+        step = "sandbox"
+        sandbox = sandbox if sandbox is not None else get_sandbox(spec.backend, settings)
+        _update_episode(ep.id, isolation=getattr(sandbox, "isolation", ""))
+        run = _Run(spec, ep, trace, full, sandbox, settings, job_id)
+        code, verdict = run.generate()
+        first = Attempt(1, code, verdict.feedback, verdict.passed, list(run.used["generator"]))
+        review_attempts: list[Attempt] = []
+        optimizer_attempts: list[Attempt] = []
+        for _ in range(max(1, ep.max_iterations - 1)):
+            review, optimize = run.review(code, verdict)
+            after = None
+            if optimize:
+                new_code, after = run.optimize(code, verdict, review)
+                optimizer_attempts.append(Attempt(run.runs, new_code, after.feedback, after.passed,
+                                                  list(run.used["optimizer"])))
+            review_attempts.append(Attempt(len(review_attempts) + 1, code, _review_feedback(verdict, review, optimize,
+                                                                                            after),
+                                           (after or verdict).passed, list(run.used["reviewer"])))
+            if not optimize or after is None:
+                break
+            code, verdict = new_code, after
+            if verdict.passed:  # a passing rewrite is accepted
+                break
+        passed = verdict.passed
+        result.success, result.attempts, result.code = passed, run.runs, code
+        if spec.learn:
+            outcome = (f"the final code PASSED after {run.runs} run(s)" if passed
+                       else f"the final code FAILED after {run.runs} run(s)")
+            learned = {"generator": run.learn("generator", [first], f"first version "
+                                              f"{'PASSED' if first.passed else 'FAILED'}; {outcome}"),
+                       "reviewer": run.learn("reviewer", review_attempts, outcome)}
+            if optimizer_attempts:
+                learned["optimizer"] = run.learn("optimizer", optimizer_attempts, outcome)
+            gen = learned["generator"]
+            result.delta_id, result.version, result.reflection = gen["delta_id"], gen["version"], gen["reflection"]
+            result.curation = {role: {k: v[k] for k in ("curation", "delta_id", "version", "status")}
+                               for role, v in learned.items()}
+            _update_episode(ep.id, delta_id=gen["delta_id"])
+        result.status = "succeeded" if passed else "failed"
+        _update_episode(ep.id, status=result.status, success=passed, finished_at=utcnow(), **_totals(run))
+    except jobs.Cancelled:
+        trace.emit("error", {"step": run.step if run else step, "message": "cancelled by request"})
+        result.status, result.error = "cancelled", "cancelled by request"
+        _update_episode(ep.id, status="cancelled", error=result.error, finished_at=utcnow())
+        raise
+    except Exception as exc:  # any step: record it clearly and end the episode
+        step = run.step if run else step
+        if isinstance(exc, StepError):
+            step, exc = exc.step, exc.cause
+        message = f"{step} failed: {exc}"
+        trace.emit("error", {"step": step, "message": message, "type": type(exc).__name__})
+        result.status, result.error = "error", message
+        _update_episode(ep.id, status="error", error=message, finished_at=utcnow(), **_totals(run))
+    finally:
+        if own_sandbox and sandbox is not None:
+            sandbox.close()
+    return result
+
+
+def _totals(run: Optional[_Run]) -> dict[str, Any]:
+    if run is None:
+        return {}
+    return {"tokens": int(run.totals["tokens"]), "llm_ms": run.totals["llm_ms"], "sandbox_ms": run.totals["sandbox_ms"]}
