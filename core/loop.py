@@ -114,9 +114,11 @@ class Trace:
 
     def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
              duration_ms: Optional[float] = None, started_at: Any = None,
-             episode: Optional[dict[str, Any]] = None) -> None:
-        """Append an event, and update the episode row in the same transaction when asked."""
+             episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
+        """Append an event; in the same transaction update the episode and add `rows`."""
         with self._lock, write_session() as s:
+            for row in rows or ():
+                s.add(row)
             seq = s.exec(select(func.coalesce(func.max(Event.seq), 0)).where(Event.episode_id == self.episode_id)).one()
             s.add(Event(episode_id=self.episode_id, seq=int(seq) + 1, kind=kind, attempt=attempt, payload=payload,
                         started_at=started_at or utcnow(), duration_ms=duration_ms))
@@ -130,12 +132,13 @@ class Trace:
             self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
 
     @contextmanager
-    def step(self, kind: str, attempt: Optional[int] = None) -> Iterator[dict[str, Any]]:
-        """Time a step; the caller fills the payload; it is written when the step ends."""
+    def step(self, kind: str, attempt: Optional[int] = None, episode: Optional[dict[str, Any]] = None,
+             rows: Optional[list[Any]] = None) -> Iterator[dict[str, Any]]:
+        """Time a step; the caller fills the payload (and `episode`/`rows`, written with it at the end)."""
         payload: dict[str, Any] = {}
         started, t0 = utcnow(), time.perf_counter()
         yield payload
-        self.emit(kind, payload, attempt, (time.perf_counter() - t0) * 1000, started)
+        self.emit(kind, payload, attempt, (time.perf_counter() - t0) * 1000, started, episode, rows)
 
 
 class OutputStream:
@@ -353,20 +356,20 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
                        job_id: Optional[str] = None, reflector_instructions: str = "",
                        curator_instructions: str = "") -> dict[str, Any]:
     """The learning half: reflection on real feedback, then a delta (applied or pending)."""
-    with _step_name("reflect"), trace.step("reflect") as p:
+    rows: list[Any] = []
+    with _step_name("reflect"), trace.step("reflect", rows=rows) as p:
         refl = roles.reflector.reflect(task, attempts, _used_bullets_text(ep.playbook_id, used), ground_truth, ep.id,
                                        reflector_instructions)
         p.update(messages=refl.messages, response=refl.raw, reflection=refl.value.model_dump(),
                  prompt_tokens=refl.prompt_tokens, completion_tokens=refl.completion_tokens,
                  latency_ms=refl.latency_ms, call_ids=refl.call_ids)
+        r = refl.value
+        rows.append(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
+                               error_identification=r.error_identification,
+                               root_cause_analysis=r.root_cause_analysis, correct_approach=r.correct_approach,
+                               key_insight=r.key_insight, bullet_tags=[t.model_dump() for t in r.bullet_tags]))
     totals["tokens"] += refl.prompt_tokens + refl.completion_tokens
     totals["llm_ms"] += refl.latency_ms
-    r = refl.value
-    with write_session() as s:
-        s.add(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
-                         error_identification=r.error_identification, root_cause_analysis=r.root_cause_analysis,
-                         correct_approach=r.correct_approach, key_insight=r.key_insight,
-                         bullet_tags=[t.model_dump() for t in r.bullet_tags]))
     _check_cancel(job_id)
     pb_text = render(None, [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)])
     with _step_name("curate"), trace.step("curate") as p:
@@ -380,10 +383,11 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     tag_ops = [OpIn(type="TAG", bullet_id=t.id, tag=t.tag, justification=f"reflector: {outcome}")
                for t in r.bullet_tags]
     ops = tag_ops + list(cur.value.operations)
+    # The episode points at its delta from the moment it exists: a retried job sees it and never learns twice.
     delta_id = propose_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id, source="curator")
     version = None
     status = "pending"
-    with _step_name("apply"), trace.step("apply") as p:
+    with _step_name("apply"), trace.step("apply", episode={"delta_id": delta_id}) as p:
         p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops))
         if not ops:
             status = "empty"
@@ -393,7 +397,6 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
             p.update(version=version, results=[vars(x) for x in applied.results],
                      rejected=[{"op": i, "error": e} for i, e in applied.rejected])
         p.update(status=status)
-    _update_episode(ep.id, delta_id=delta_id)
     return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
             "delta_id": delta_id, "version": version, "status": status}
 

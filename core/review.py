@@ -73,8 +73,9 @@ class RoleTrace(Trace):
         self._lock, self.role = base._lock, role
 
     def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
-             duration_ms: Optional[float] = None, started_at: Any = None) -> None:
-        super().emit(kind, {**payload, "role": self.role}, attempt, duration_ms, started_at)
+             duration_ms: Optional[float] = None, started_at: Any = None,
+             episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
+        super().emit(kind, {**payload, "role": self.role}, attempt, duration_ms, started_at, episode, rows)
 
 
 def _complete_roles(roles: Optional[Roles], settings: Settings) -> ReviewRoles:

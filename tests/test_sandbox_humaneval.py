@@ -15,9 +15,9 @@ def problems():
     return list(read_problems().values())
 
 
-@pytest.fixture(scope="module")
-def sb():
-    box = LocalSandbox(load_settings(env={}))
+@pytest.fixture(scope="module", params=["forkserver", "fresh"])
+def sb(request):
+    box = LocalSandbox(load_settings(env={}), reuse=request.param == "forkserver")
     assert box.isolation.startswith("bubblewrap")  # full isolation, not a fallback
     return box
 
@@ -47,7 +47,7 @@ def test_wrong_solutions_fail(sb, problems):
     }
     for task_id, body in wrong.items():
         problem = by_id[task_id]
-        verdict = evaluate(LocalSandbox(load_settings(env={})), problem["prompt"] + body, "python",
+        verdict = evaluate(LocalSandbox(load_settings(env={}), reuse=sb.reuse), problem["prompt"] + body, "python",
                            tests=problem["test"], entry_point=problem["entry_point"], timeout=3)
         assert not verdict.passed, task_id
         assert verdict.failed or verdict.error, task_id

@@ -11,9 +11,10 @@ from core.sandbox import isolation as iso
 from core.sandbox.local import LocalSandbox
 
 
-@pytest.fixture(scope="module")
-def sb():
+@pytest.fixture(scope="module", params=["fresh", "forkserver"])
+def sb(request):
     with get_sandbox("local", settings=load_settings(env={})) as box:
+        box.reuse = request.param == "forkserver"  # get_sandbox's default is the fork server for python
         yield box
 
 

@@ -35,8 +35,9 @@ _PY_VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
 @dataclass
 class SandboxSpec:
     disk_mb: int
-    code_fd: int
-    code_path: str
+    code_fd: int | None = None  # a memfd bound read-only at code_path (fresh runs)
+    code_path: str | None = None
+    as_pid_1: bool = False  # the command is the namespace's init (the fork server)
 
 
 def node_path() -> str:
@@ -89,20 +90,52 @@ _uid_lock = threading.Lock()
 _free_uids = list(range(HOST_UID_BASE, HOST_UID_BASE + HOST_UID_COUNT))
 
 
-@contextlib.contextmanager
-def uid_slot() -> Iterator[int | None]:
-    """As root, lend a dedicated host uid (so RLIMIT_NPROC counts only this run)."""
+def take_uid() -> int | None:
+    """As root, a dedicated host uid (so RLIMIT_NPROC counts only one sandbox); else None."""
     if os.geteuid() != 0:
-        yield None
+        return None
+    with _uid_lock:
+        return _free_uids.pop(0) if _free_uids else HOST_UID_BASE
+
+
+def give_uid(uid: int | None) -> None:
+    if uid is None:
         return
     with _uid_lock:
-        uid = _free_uids.pop(0) if _free_uids else HOST_UID_BASE
+        if uid not in _free_uids:
+            _free_uids.append(uid)
+
+
+@contextlib.contextmanager
+def uid_slot() -> Iterator[int | None]:
+    """As root, lend a dedicated host uid for the duration of one run."""
+    uid = take_uid()
     try:
         yield uid
     finally:
-        with _uid_lock:
-            if uid not in _free_uids:
-                _free_uids.append(uid)
+        give_uid(uid)
+
+
+@functools.lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    return shutil.which("setpriv", path="/usr/bin:/bin")
+
+
+def as_host_uid(argv: list[str], uid: int | None) -> tuple[list[str], dict]:
+    """(argv, Popen kwargs) that start `argv` as host `uid` (None: as we are).
+
+    Through util-linux `setpriv` when there is one: Popen(user=...) must
+    fork() the whole parent (no vfork with a uid change), which costs a large
+    parent (the app, a loaded pytest) tens of ms per run; setpriv is one
+    extra exec of a small binary. Either way: real, effective and saved ids,
+    no supplementary groups.
+    """
+    if uid is None:
+        return argv, {}
+    setpriv = _setpriv()
+    if setpriv:
+        return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *argv], {}
+    return argv, {"user": uid, "group": uid, "extra_groups": []}
 
 
 def binds() -> dict[str, Path]:
@@ -117,9 +150,9 @@ def binds() -> dict[str, Path]:
 def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     size = str(spec.disk_mb << 20)
     argv = [
-        bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--clearenv", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-        "--hostname", "sandbox", "--ro-bind", "/usr", "/usr",
+        bwrap, *(["--as-pid-1"] if spec.as_pid_1 else []), "--unshare-all", "--die-with-parent", "--new-session",
+        "--cap-drop", "ALL", "--clearenv", "--unshare-user", "--disable-userns",
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--ro-bind", "/usr", "/usr",
     ]
     for name in ("bin", "lib", "lib64", "sbin"):
         host = Path("/") / name
@@ -129,7 +162,9 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
             argv += ["--ro-bind", str(host), f"/{name}"]
     for name in ETC_FILES:
         argv += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    argv += ["--proc", "/proc", "--dev", "/dev",
+    # /dev itself is read-only below (bwrap's /dev is an unsized tmpfs); /dev/shm is sized, and
+    # POSIX message queues are visible so that a fork server can check none is left behind
+    argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue",
              "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/home/user"]
     sources = binds()
     for dest, src in sources.items():
@@ -137,7 +172,9 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     if SANDBOX_PYTHON_PREFIX in sources and (sources[SANDBOX_PYTHON_PREFIX] / "lib" / _PY_VER / "site-packages").is_dir():
         # hide the interpreter's own global packages (and their .pth hooks)
         argv += ["--tmpfs", f"{SANDBOX_PYTHON_PREFIX}/lib/{_PY_VER}/site-packages"]
-    argv += ["--file", str(spec.code_fd), spec.code_path, "--remount-ro", "/", "--chdir", "/home/user"]
+    if spec.code_fd is not None:
+        argv += ["--file", str(spec.code_fd), str(spec.code_path)]
+    argv += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/home/user"]
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/home/user", "LANG": "C.UTF-8",
         "USER": "user", "MPLBACKEND": "module://ace_mpl_backend", "MPLCONFIGDIR": "/tmp/.matplotlib",
@@ -165,7 +202,7 @@ def probe() -> tuple[str | None, str]:
         spec = SandboxSpec(disk_mb=1, code_fd=code_fd, code_path="/home/user/probe")
         with uid_slot() as uid:
             argv = bwrap_argv(bwrap, spec) + [sandbox_python()[1], "-I", "-S", "-c", "print('ok')"]
-            user = {"user": uid, "group": uid, "extra_groups": []} if uid is not None else {}
+            argv, user = as_host_uid(argv, uid)
             proc = subprocess.run(argv, capture_output=True, timeout=30, pass_fds=(code_fd,), env={"PATH": "/usr/bin:/bin"},
                                   stdin=subprocess.DEVNULL, **user)
     except (OSError, subprocess.SubprocessError) as exc:

@@ -68,7 +68,30 @@ class _Stream:
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the child's process group (bubblewrap then tears down its PID namespace)."""
+    """SIGKILL a sandbox: bubblewrap's child first, then bubblewrap's process group.
+
+    Bubblewrap's child is the init of the sandbox's PID namespace: its death
+    kills every process in the namespace, and bubblewrap, still alive, reaps
+    it. (Killing bubblewrap first also kills the namespace, through the
+    parent-death signal, but leaves its init to be reaped by the host's init,
+    which can take a while.)
+    """
+    if proc.returncode is None:
+        try:
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as fh:
+                children = [int(pid) for pid in fh.read().split()]
+        except (OSError, ValueError):
+            children = []
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if children:
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -77,6 +100,72 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.kill()
     except ProcessLookupError:
         pass
+
+
+class Reader:
+    """Reads stdout, stderr and an optional result pipe through one selector, with caps."""
+
+    def __init__(self, out: Captured, stdout_fd: int, stderr_fd: int, channel_fd: int | None, max_output: int,
+                 max_channel: int, on_stdout: Callable[[str], None] | None,
+                 on_stderr: Callable[[str], None] | None) -> None:
+        self.out, self.channel_fd, self.max_channel = out, channel_fd, max_channel
+        self.streams = {
+            stdout_fd: _Stream(out.stdout, max_output, on_stdout),
+            stderr_fd: _Stream(out.stderr, max_output, on_stderr),
+        }
+        self.channel = bytearray()
+        self.sel = selectors.DefaultSelector()
+        for fd in self.streams:
+            self.sel.register(fd, selectors.EVENT_READ)
+        if channel_fd is not None:
+            self.sel.register(channel_fd, selectors.EVENT_READ)
+        self.extra: dict[int, Callable[[], None]] = {}
+
+    def watch(self, fd: int, on_ready: Callable[[], None]) -> None:
+        """Also call `on_ready()` whenever `fd` is readable (it unregisters itself)."""
+        self.extra[fd] = on_ready
+        self.sel.register(fd, selectors.EVENT_READ)
+
+    def unwatch(self, fd: int) -> None:
+        self.extra.pop(fd, None)
+        if fd in self.sel.get_map():
+            self.sel.unregister(fd)
+
+    @property
+    def open_pipes(self) -> int:
+        return sum(1 for fd in self.sel.get_map() if fd not in self.extra)
+
+    def pump(self, wait: float) -> None:
+        for key, _ in self.sel.select(wait):
+            if key.fd in self.extra:
+                self.extra[key.fd]()
+                continue
+            data = os.read(key.fd, 65536)
+            if not data:
+                self.sel.unregister(key.fd)
+            elif key.fd == self.channel_fd:
+                if len(self.channel) < self.max_channel:
+                    self.channel += data
+                else:
+                    self.out.truncated = True
+            else:
+                self.streams[key.fd].feed(data)
+
+    def drain(self, seconds: float) -> None:
+        """After every writer was killed: read what is left until EOF (bounded in time)."""
+        for fd in list(self.extra):
+            self.unwatch(fd)
+        until = time.monotonic() + seconds
+        while self.open_pipes and time.monotonic() < until:
+            self.pump(0.05)
+
+    def finish(self) -> None:
+        """Close the selector and flush partial lines; the fds are the caller's to close."""
+        self.sel.close()
+        for stream in self.streams.values():
+            stream.close()
+            self.out.truncated = self.out.truncated or stream.truncated
+        self.out.channel = bytes(self.channel)
 
 
 def run_captured(
@@ -105,34 +194,11 @@ def run_captured(
     )
     if channel_write_fd is not None:
         os.close(channel_write_fd)
-    streams = {
-        proc.stdout.fileno(): _Stream(out.stdout, max_output, on_stdout),  # type: ignore[union-attr]
-        proc.stderr.fileno(): _Stream(out.stderr, max_output, on_stderr),  # type: ignore[union-attr]
-    }
-    channel = bytearray()
-    sel = selectors.DefaultSelector()
-    for fd in streams:
-        sel.register(fd, selectors.EVENT_READ)
-    if channel_fd is not None:
-        sel.register(channel_fd, selectors.EVENT_READ)
+    reader = Reader(out, proc.stdout.fileno(), proc.stderr.fileno(), channel_fd,  # type: ignore[union-attr]
+                    max_output, max_channel, on_stdout, on_stderr)
     exited_at: float | None = None
-
-    def read_ready(wait: float) -> None:
-        nonlocal channel
-        for key, _ in sel.select(wait):
-            data = os.read(key.fd, 65536)
-            if not data:
-                sel.unregister(key.fd)
-            elif key.fd == channel_fd:
-                if len(channel) < max_channel:
-                    channel += data
-                else:
-                    out.truncated = True
-            else:
-                streams[key.fd].feed(data)
-
     try:
-        while sel.get_map():
+        while reader.open_pipes:
             now = time.monotonic()
             if now >= deadline:
                 out.timed_out = proc.poll() is None
@@ -141,7 +207,7 @@ def run_captured(
                 exited_at = now
             if exited_at is not None and now - exited_at > GRACE_AFTER_EXIT:
                 break
-            read_ready(min(deadline - now, 0.05 if exited_at is None else GRACE_AFTER_EXIT))
+            reader.pump(min(deadline - now, 0.05 if exited_at is None else GRACE_AFTER_EXIT))
         if not out.timed_out and exited_at is None:
             try:  # every pipe closed but the program still runs
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -149,19 +215,13 @@ def run_captured(
                 out.timed_out = True
     finally:
         kill_group(proc)
-        drain_until = time.monotonic() + DRAIN_AFTER_KILL
-        while sel.get_map() and time.monotonic() < drain_until:
-            read_ready(0.05)
-        sel.close()
+        reader.drain(DRAIN_AFTER_KILL)
+        reader.finish()
         proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
         if channel_fd is not None:
             os.close(channel_fd)
-    for stream in streams.values():
-        stream.close()
-        out.truncated = out.truncated or stream.truncated
-    out.channel = bytes(channel)
     out.exit_code = proc.returncode
     out.duration_ms = (time.monotonic() - start) * 1000
     return out

@@ -108,6 +108,26 @@ def prepare_matplotlib() -> None:
         dst.write(src.read())
 
 
+class MatplotlibHook:
+    """Meta path finder: copy the font cache in only when matplotlib is first imported."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):  # noqa: ANN001, ANN205 - importlib protocol
+        if name == "matplotlib":
+            if MatplotlibHook in sys.meta_path:
+                sys.meta_path.remove(MatplotlibHook)
+            try:
+                prepare_matplotlib()
+            except OSError:
+                pass
+        return None
+
+
+def install_matplotlib_hook() -> None:
+    if MatplotlibHook not in sys.meta_path:
+        sys.meta_path.insert(0, MatplotlibHook)
+
+
 def install_site_builtins() -> None:
     """`-S` skips site.py; give user code its exit() and quit() back."""
     import _sitebuiltins
@@ -129,7 +149,7 @@ def main() -> None:
             sys.path.append(site)
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         install_site_builtins()
-        prepare_matplotlib()
+        install_matplotlib_hook()
         sys.exit(run_python(path))
     os.close(int(fd))
     if language == "javascript":
