@@ -17,6 +17,7 @@ pages = [
     st.Page("pages/reflection.py", title="Reflections", icon="🔍"),
     st.Page("pages/playbook.py", title="Playbooks", icon="📒"),
     st.Page("pages/learning.py", title="Learning curves", icon="📈"),
+    st.Page("pages/benchmarks.py", title="Benchmarks", icon="🏁"),
 ]
 nav = st.navigation(pages)
 sidebar_status()

@@ -1,9 +1,10 @@
 """Learning curves: is the agent getting better, and what does it cost?"""
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import views
+from core import bench, views
 from ui.components import friendly_errors, query_param
 
 st.title("📈 Learning curves")
@@ -44,3 +45,14 @@ with friendly_errors("draw the learning curves"):
                                title="Playbook size across versions"), width="stretch")
         r.plotly_chart(px.line(vdf, x="version", y="tokens", color="playbook", markers=True,
                                title="Rendered playbook tokens across versions"), width="stretch")
+
+with friendly_errors("show benchmark runs"):
+    runs = [r for r in bench.list_runs(20) if r.get("ace_test_pass_rate") is not None]
+    if runs:
+        rows = [{"run": f"{r['suite']} · {r['id'][-6:]}", "arm": arm, "pass rate": r[key]}
+                for r in runs for arm, key in (("baseline", "baseline_test_pass_rate"), ("ACE", "ace_test_pass_rate"))
+                if r.get(key) is not None]
+        st.plotly_chart(px.bar(pd.DataFrame(rows), x="run", y="pass rate", color="arm", barmode="group",
+                               range_y=[0, 1], title="Benchmarks: held-out pass rate, baseline vs ACE"),
+                        width="stretch")
+        st.page_link("pages/benchmarks.py", label="Benchmark details", icon="🏁")

@@ -54,6 +54,9 @@ max_iter = c3.number_input("Max iterations", 1, 10, settings.max_iterations, key
                            disabled=sandbox_only)
 review = c4.radio("Review", ["auto", "manual"], index=0 if settings.review_mode == "auto" else 1, key="review",
                   horizontal=True, disabled=sandbox_only)
+workflow = c4.toggle("Reviewer + optimizer", key="workflow", disabled=sandbox_only,
+                     help="A reviewer reads the code and its real run; an optimizer rewrites it when needed. "
+                          "Each role learns into its own playbook.")
 st.caption(f"Model `{settings.model if settings.llm_configured else 'not configured'}` · sandbox "
            f"`{settings.sandbox_backend}`")
 
@@ -82,7 +85,7 @@ if run:
                                  tests=tests or None, expected_output=expected or None,
                                  playbook_id=playbook_id or None, max_iterations=int(max_iter),
                                  review_mode=review, mode="sandbox_only" if sandbox_only else "llm",
-                                 code=code if sandbox_only else None)
+                                 code=code if sandbox_only else None, workflow="review" if workflow else "single")
         except ValidationError as exc:
             err = exc.errors()[0]
             st.error(f"{err['loc'][0]}: {err['msg']}")

@@ -13,7 +13,8 @@ from core.models import Delta, DeltaOp
 from tests.scripted import add, cur, gen, refl
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/playground.py", "pages/trace.py", "pages/reflection.py", "pages/playbook.py", "pages/learning.py"]
+PAGES = ["pages/playground.py", "pages/trace.py", "pages/reflection.py", "pages/playbook.py", "pages/learning.py",
+         "pages/benchmarks.py"]
 
 
 def app(page: str | None = None, **params: str) -> AppTest:
@@ -128,3 +129,28 @@ def test_version_diff_and_restore(populated) -> None:
     at.selectbox(key="restore_pick").set_value(1)
     at.button(key="restore_btn").click().run()
     assert P.get_playbook("stats").current_version == v + 1
+
+
+def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
+    from core import bench, jobs
+
+    fake_llm.default = lambda req: _bench_reply(req)
+    run_id = bench.start_bench("python", epochs=1, split=0.5, limit=2, concurrency=1)
+    jobs.run_worker(max_jobs=1, poll_s=0.05)
+    assert bench.bench_progress(run_id)["status"] == "done"
+    at = app("pages/benchmarks.py", run=run_id)
+    assert at.selectbox[-1].value == run_id
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Held-out test split" in c for c in charts)
+    assert run_id in at.dataframe[0].value["run"].tolist()
+    learning = [c.proto.spec for c in app("pages/learning.py").get("plotly_chart")]
+    assert any("baseline vs ACE" in c for c in learning)
+
+
+def _bench_reply(req: dict) -> dict:
+    system = req["messages"][0]["content"]
+    if "expert programmer" in system:
+        return gen("print('no idea')")
+    if "reviewer of code executions" in system:
+        return refl()
+    return cur()

@@ -1,0 +1,89 @@
+"""Benchmarks: does learning help? Baseline against ACE on held-out tasks."""
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import bench, jobs, suites
+from core.config import get_settings
+from ui.components import call, friendly_errors, llm_missing_message, query_param
+
+settings = get_settings()
+st.title("🏁 Benchmarks")
+
+with friendly_errors("list suites"), st.expander("Start a benchmark run", expanded=not bench.list_runs(1)):
+    available = suites.list_suites()
+    names = [s["name"] for s in available if not s.get("error")]
+    with st.form("start_bench"):
+        c1, c2, c3, c4, c5 = st.columns(5)
+        suite = c1.selectbox("Suite", names, format_func=lambda n: next(
+            (f"{n} ({s['tasks']} tasks)" for s in available if s["name"] == n), n))
+        epochs = c2.number_input("Epochs", 1, 10, 2)
+        split = c3.text_input("Train split", "0.5", help="fraction of tasks to learn on; the rest is the test split")
+        limit = c4.number_input("Limit tasks (0 = all)", 0, 1000, 10)
+        conc = c5.number_input("Concurrency", 1, 16, 2)
+        workflow = st.radio("Workflow", ["single", "review"], horizontal=True,
+                            help="review: a generator, a reviewer and an optimizer, each learning its own playbook")
+        go = st.form_submit_button("Start", disabled=not settings.llm_configured)
+    if not settings.llm_configured:
+        st.info(llm_missing_message())
+    if go:
+        run_id = call(bench.start_bench, suite, epochs=int(epochs), split=bench.parse_split(split),
+                      limit=int(limit) or None, concurrency=int(conc), workflow=workflow, success="Benchmark queued")
+        if run_id:
+            if settings.worker_in_app:
+                jobs.ensure_background_worker()
+            st.query_params["run"] = run_id
+    up = st.file_uploader("Add a suite (JSONL: task, language, tests or expected_output, tags, id)", type=["jsonl"])
+    new_name = st.text_input("Suite name", key="suite_name")
+    if up is not None and new_name and st.button("Add suite"):
+        if call(suites.add_suite, new_name.strip(), up.getvalue(), success=f"Added suite {new_name}") is not None:
+            st.rerun()
+
+with friendly_errors("show benchmark runs"):
+    runs = bench.list_runs(50)
+    if not runs:
+        st.info("No benchmark runs yet. Start one above, or from a shell: `ace bench python --epochs 2`.")
+        st.stop()
+    table = pd.DataFrame([{"run": r["id"], "suite": r["suite"], "status": r["status"],
+                           "baseline (test)": r.get("baseline_test_pass_rate"),
+                           "ACE (test)": r.get("ace_test_pass_rate"), "improvement": r.get("improvement")}
+                          for r in runs])
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(c, format="percent")
+                                for c in ("baseline (test)", "ACE (test)", "improvement")})
+    ids = [r["id"] for r in runs]
+    want = query_param("run")
+    run_id = st.selectbox("Run", ids, index=ids.index(want) if want in ids else 0)
+    if run_id != want:
+        st.query_params["run"] = run_id
+
+    @st.fragment(run_every=2.0 if bench.bench_progress(run_id)["status"] in ("queued", "running") else None)
+    def show_run() -> None:
+        prog = bench.bench_progress(run_id)
+        st.progress(prog["fraction"], text=f"{prog['status']}: {prog['done']}/{prog['total']} episodes")
+        if prog.get("error"):
+            st.error(prog["error"])
+        b1, b2, b3, _ = st.columns([1, 1, 1, 3])
+        if prog["status"] in ("queued", "running"):
+            b1.button("Cancel", key="bench_cancel", on_click=lambda: call(bench.cancel_bench, run_id))
+        elif prog["status"] in ("failed", "cancelled"):
+            b1.button("Resume", key="bench_resume", on_click=lambda: call(bench.resume_bench, run_id))
+        b2.download_button("CSV", bench.export_csv(run_id), file_name=f"{run_id}.csv", mime="text/csv")
+        b3.download_button("JSON", bench.export_json(run_id), file_name=f"{run_id}.json", mime="application/json")
+        curve = pd.DataFrame(bench.learning_curve(run_id))
+        if curve.empty:
+            return
+        test = curve[curve["phase"] == "test"]
+        l, r = st.columns(2)
+        if not test.empty:
+            l.plotly_chart(px.bar(test, x="arm", y="pass_rate", color="arm", range_y=[0, 1], text_auto=".0%",
+                                  title="Held-out test split: baseline vs ACE"), width="stretch")
+        train = curve[curve["phase"] == "train"]
+        if not train.empty:
+            r.plotly_chart(px.line(train, x="epoch", y="pass_rate", color="arm", markers=True, range_y=[0, 1],
+                                   title="Pass rate per epoch (train split)"), width="stretch")
+        st.dataframe(curve[["arm", "phase", "epoch", "tasks", "passed", "pass_rate", "tokens_per_task",
+                            "cost_per_task", "duration_ms_per_task"]], hide_index=True, width="stretch")
+
+    show_run()
