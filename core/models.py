@@ -231,3 +231,66 @@ class Job(SQLModel, table=True):
     started_at: Optional[datetime] = _ts(nullable=True)
     finished_at: Optional[datetime] = _ts(nullable=True)
     heartbeat_at: Optional[datetime] = _ts(nullable=True)
+
+
+class BenchRun(SQLModel, table=True):
+    """One benchmark run: baseline and ACE arms over a suite, resumable."""
+
+    id: str = Field(default_factory=lambda: new_id("bench"), primary_key=True)
+    suite: str
+    status: str = "queued"  # queued | running | done | failed | cancelled
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    summary: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
+    playbook_id: Optional[str] = None
+    job_id: Optional[str] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _ts(index=True)
+    finished_at: Optional[datetime] = _ts(nullable=True)
+
+
+class BenchResult(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("run_id", "arm", "phase", "epoch", "task_key", name="uq_bench_result"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="benchrun.id", index=True)
+    arm: str  # baseline | ace
+    phase: str  # train | test
+    epoch: int = 0
+    task_key: str
+    episode_id: Optional[str] = None
+    success: bool = False
+    attempts: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    duration_ms: float = 0.0
+    llm_ms: float = 0.0
+    sandbox_ms: float = 0.0
+    error: Optional[str] = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = _ts()
+
+
+from sqlalchemy import LargeBinary  # noqa: E402  (kept beside the one table that needs it)
+
+
+class BulletEmbedding(SQLModel, table=True):
+    """A bullet's vector under one embedding model (and its source task's, for provenance).
+
+    Rows are replaced, never edited, so the autoincrement `eid` only grows and
+    `max(eid)` tells a reader's cache that something changed.
+    """
+
+    __table_args__ = (
+        UniqueConstraint("bullet_pk", "model", name="uq_embedding_bullet_model"),
+        Index("ix_embedding_playbook_model", "playbook_id", "model", "eid"),
+        {"sqlite_autoincrement": True},
+    )
+
+    eid: Optional[int] = Field(default=None, primary_key=True)
+    bullet_pk: int = Field(foreign_key="bullet.pk")
+    playbook_id: str = Field(foreign_key="playbook.id")
+    model: str
+    dims: int
+    content_hash: str
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, unit length
+    task_vector: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = _ts()

@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Optional
 
-from sqlalchemy import func, text
+from sqlalchemy import event, func
 from sqlmodel import Session, select
 
 from core.config import get_settings
-from core.db import is_sqlite, read_session, write_session
+from core.db import read_session, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
+from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
+from core.retrieval import RankWeights, Retrieved, lexical_candidates, search, semantic_near_duplicate
 from core.tokens import estimate_tokens
 
 BEGIN_MARK = "**PLAYBOOK_BEGIN**"
@@ -124,7 +126,11 @@ def similarity(a: str, b: str) -> float:
 
 
 def _near_duplicate(session: Session, playbook_id: str, content: str, threshold: float) -> Optional[tuple[Bullet, float]]:
-    candidates = [b for b, _ in _lexical_candidates(session, playbook_id, content, 10)]
+    """The existing bullet an ADD repeats: by meaning when embeddings are on, else by wording."""
+    semantic = semantic_near_duplicate(session, playbook_id, content, get_settings().semantic_dedup_threshold)
+    if semantic is not None:
+        return semantic
+    candidates = [b for b, _ in lexical_candidates(session, playbook_id, content, 10, synonyms=False)]
     best: Optional[tuple[Bullet, float]] = None
     for b in candidates:
         score = similarity(content, b.content)
@@ -166,8 +172,13 @@ class _Applier:
         self.threshold = get_settings().dedup_threshold
 
     def _touch(self, b: Bullet) -> None:
-        if b.pk is not None and b.pk not in self.tokens_before:
-            self.tokens_before[b.pk] = _line_tokens(b)
+        """Remember a bullet's rendered size before its first change."""
+        if id(b) not in self.tokens_before:
+            self.tokens_before[id(b)] = _line_tokens(b)
+
+    def mark(self, b: Bullet) -> None:
+        """Record that `b` changed: it gets a revision in the new version."""
+        self.touched[id(b)] = b
 
     def _live(self, bullet_id: Optional[str], what: str) -> Bullet:
         b = get_bullet(self.pb.id, bullet_id or "", self.s)
@@ -179,21 +190,19 @@ class _Applier:
         return b
 
     def _new_bullet(self, section: Optional[str], content: str, helpful: int = 0, harmful: int = 0,
-                    neutral: int = 0, bullet_id: Optional[str] = None) -> Bullet:
+                    neutral: int = 0, bullet_id: Optional[str] = None, check_id: bool = True) -> Bullet:
         if bullet_id is None:
             prefix = ENV_PREFIX.get(self.pb.environment, "b")
             bullet_id = f"{prefix}-{self.pb.next_seq:05d}"
             self.pb.next_seq += 1
-        elif get_bullet(self.pb.id, bullet_id, self.s) is not None:
+        elif check_id and get_bullet(self.pb.id, bullet_id, self.s) is not None:
             raise DeltaError(f"bullet id {bullet_id!r} already exists in playbook {self.pb.id!r}")
         b = Bullet(id=bullet_id, playbook_id=self.pb.id, section=normalize_section(section or DEFAULT_SECTION),
                    content=content, helpful=helpful, harmful=harmful, neutral=neutral,
                    source_episode_id=self.episode_id, source_delta_id=self.delta_id)
-        self.s.add(b)
-        self.s.flush()
-        assert b.pk is not None
-        self.tokens_before[b.pk] = 0
-        self.touched[b.pk] = b
+        self.s.add(b)  # flushed with the rest in finish(): one round trip, not one per bullet
+        self.tokens_before[id(b)] = 0
+        self.mark(b)
         self.count_change += 1
         return b
 
@@ -208,7 +217,7 @@ class _Applier:
                 self._touch(b)
                 b.helpful += 1
                 b.updated_at = now
-                self.touched[b.pk] = b  # type: ignore[index]
+                self.mark(b)
                 return OpResult("TAG", b.id, f"near-duplicate of {b.id} (similarity {score:.2f}): tagged helpful instead of adding")
             b = self._new_bullet(op.section, content)
             return OpResult("ADD", b.id)
@@ -220,7 +229,7 @@ class _Applier:
             for b in sources:
                 self._touch(b)
                 b.status, b.merged_into, b.updated_at = "removed", merged.id, now
-                self.touched[b.pk] = b  # type: ignore[index]
+                self.mark(b)
                 self.count_change -= 1
             return OpResult("MERGE", merged.id, f"merged {', '.join(op.bullet_ids)}")
         b = self._live(op.bullet_id, what)
@@ -237,7 +246,7 @@ class _Applier:
             b.status = "removed"
             self.count_change -= 1
         b.updated_at = now
-        self.touched[b.pk] = b  # type: ignore[index]
+        self.mark(b)
         return OpResult(op.type, b.id)
 
     def finish(self, summary: str) -> int:
@@ -247,10 +256,10 @@ class _Applier:
             PlaybookVersion.playbook_id == pb.id, PlaybookVersion.number == pb.current_version)).one()
         number = pb.current_version + 1
         token_delta = 0
-        for pk, b in self.touched.items():
-            self.s.add(b)
-            token_delta += _line_tokens(b) - self.tokens_before.get(pk, 0)
-            self.s.add(BulletRevision(playbook_id=pb.id, bullet_pk=pk, bullet_id=b.id, version=number,
+        self.s.flush()  # gives new bullets their pk
+        for key, b in self.touched.items():
+            token_delta += _line_tokens(b) - self.tokens_before.get(key, 0)
+            self.s.add(BulletRevision(playbook_id=pb.id, bullet_pk=b.pk, bullet_id=b.id, version=number,
                                       section=b.section, content=b.content, helpful=b.helpful,
                                       harmful=b.harmful, neutral=b.neutral, status=b.status))
         self.s.add(PlaybookVersion(playbook_id=pb.id, number=number, parent=pb.current_version,
@@ -261,7 +270,15 @@ class _Applier:
         pb.modified_at = utcnow()
         self.s.add(pb)
         self.s.flush()
+        _embed_after_commit(self.s, [b.pk for b in self.touched.values() if b.pk is not None])
         return number
+
+
+def _embed_after_commit(session: Session, pks: list[int]) -> None:
+    """Embed the touched bullets once (and only if) this transaction commits; never on the query path."""
+    if not pks or get_settings().embedder == "none":
+        return
+    event.listen(session, "after_commit", lambda _s: embed_after_write(pks), once=True)
 
 
 def _summary(results: Sequence[OpResult]) -> str:
@@ -305,6 +322,14 @@ def _row_to_op(row: DeltaOp) -> OpIn:
                 evidence=row.evidence)
 
 
+def _prewarm_dedup(ops: Sequence[OpIn]) -> None:
+    """Embed ADD texts before taking the write lock, so semantic dedup inside it is a cache hit."""
+    if get_settings().embedder != "none":
+        for op in ops:
+            if op.type == "ADD" and op.content and op.content.strip():
+                embed_query(op.content.strip())
+
+
 def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
                 episode_id: Optional[str] = None, source: str = "human", actor: str = "user") -> ApplyResult:
     """Apply every op or none, as one new version."""
@@ -312,6 +337,7 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
     reasoning = reasoning or r
     if not op_list:
         raise DeltaError("the delta has no operations")
+    _prewarm_dedup(op_list)
     with write_session() as s:
         pb = _ensure_playbook(s, playbook_id)
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
@@ -475,78 +501,21 @@ def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget
 
 # ----------------------------------------------------------------- retrieval
 
-_STOP = frozenset("a an and are as at be by for from has have how i if in into is it its of on or that the this "
-                  "to was were what when which will with you your write function return returns given use using "
-                  "should can do does".split())
-
-
-@dataclass(frozen=True)
-class RankWeights:
-    """How retrieval blends its signals; shown to users beside each result."""
-
-    lexical: float = 1.0
-    counters: float = 0.25
-
-
-@dataclass
-class Retrieved:
-    bullet: Bullet
-    score: float
-    scores: dict[str, float]
-
-
-def _fts_query(query: str, max_terms: int = 48) -> str:
-    terms = [t for t in dict.fromkeys(_WORD.findall(query.lower())) if len(t) > 1 and t not in _STOP]
-    return " OR ".join(f'"{t}"' for t in terms[:max_terms])
-
-
-def _lexical_candidates(session: Session, playbook_id: str, query: str, limit: int) -> list[tuple[Bullet, float]]:
-    """(bullet, relevance >= 0) by BM25; SQLite's FTS5 only, empty elsewhere."""
-    match = _fts_query(query)
-    if not match or not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
-        return []
-    rows = session.exec(  # type: ignore[call-overload]
-        text("SELECT b.pk, -bm25(bullet_fts) AS rel FROM bullet_fts JOIN bullet b ON b.pk = bullet_fts.rowid "
-             "WHERE bullet_fts MATCH :m AND b.playbook_id = :p AND b.status = 'active' "
-             "ORDER BY bm25(bullet_fts) LIMIT :n"),
-        params={"m": match, "p": playbook_id, "n": limit},
-    ).all()
-    if not rows:
-        return []
-    by_pk = {b.pk: b for b in session.exec(select(Bullet).where(Bullet.pk.in_([r[0] for r in rows])))}  # type: ignore[union-attr]
-    return [(by_pk[pk], float(rel)) for pk, rel in rows if pk in by_pk]
-
-
-def _counter_score(b: Bullet) -> float:
-    return (b.helpful - b.harmful) / (b.helpful + b.harmful + b.neutral + 2)
-
-
 def retrieve(playbook_id: str, query: str, k: Optional[int] = None,
-             weights: RankWeights = RankWeights()) -> list[Retrieved]:
-    """Top-k active bullets for a query: BM25 blended with the counters.
+             weights: Optional[RankWeights] = None, expand: Optional[bool] = None) -> list[Retrieved]:
+    """Top-k active bullets for a query: semantic, BM25, counters and provenance fused.
 
-    When the query matches fewer than k bullets, the best-rated others fill
-    the list, so a new task still sees the playbook's proven strategies.
+    Weights default to the ACE_RANK_WEIGHTS setting; query expansion (an LLM's
+    likely pitfalls added to the task) to ACE_QUERY_EXPANSION. Without an
+    embedder this is BM25 with the counters. When fewer than k bullets match,
+    the best-rated others fill the list, so a new task still sees the
+    playbook's proven strategies. Each result carries its per-signal scores.
     """
-    k = get_settings().default_k if k is None else k
-    if k <= 0:
-        return []
-    with read_session() as s:
-        cands = _lexical_candidates(s, playbook_id, query, max(50, 5 * k))
-        top = max((rel for _, rel in cands), default=0.0) or 1.0
-        out = [Retrieved(b, weights.lexical * rel / top + weights.counters * _counter_score(b),
-                         {"lexical": rel / top, "counters": _counter_score(b)}) for b, rel in cands]
-        out.sort(key=lambda r: r.score, reverse=True)
-        out = out[:k]
-        if len(out) < k:
-            seen = {r.bullet.pk for r in out}
-            stmt = (select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.status == "active")
-                    .order_by((Bullet.helpful - Bullet.harmful).desc(), Bullet.pk).limit(k + len(seen)))
-            for b in s.exec(stmt):
-                if b.pk not in seen and len(out) < k:
-                    out.append(Retrieved(b, weights.counters * _counter_score(b) - 1.0,
-                                         {"lexical": 0.0, "counters": _counter_score(b), "fallback": 1.0}))
-    return out
+    settings = get_settings()
+    k = settings.default_k if k is None else k
+    w = weights if weights is not None else RankWeights.from_settings(settings)
+    do_expand = (settings.query_expansion and settings.llm_configured) if expand is None else expand
+    return search(playbook_id, query, k, w, expand=do_expand)
 
 
 def embed_prompt(playbook_id: str, prompt: str, k: Optional[int] = None,

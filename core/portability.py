@@ -202,11 +202,11 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
                 ap._touch(b)
                 b.status = "removed"
                 ap.count_change -= 1
-                ap.touched[b.pk] = b  # type: ignore[index]
+                ap.mark(b)
         taken = set(s.exec(select(Bullet.id).where(Bullet.playbook_id == pb.id)))
         for it in items:
             bid = it.id if it.id and it.id not in taken and re.match(r"^[A-Za-z0-9_.-]{1,64}$", it.id) else None
-            b = ap._new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid)
+            b = ap._new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid, check_id=False)
             taken.add(b.id)
             b.source_episode_id = it.source_episode_id
             if it.status == "removed":

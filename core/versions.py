@@ -109,7 +109,7 @@ def restore_version(playbook_id: str, number: int, actor: str = "user") -> int:
                 b.merged_into = None
             ap.count_change += (b.status == "active") - was_active
             b.updated_at = utcnow()
-            ap.touched[b.pk] = b  # type: ignore[index]
+            ap.mark(b)
             changed += 1
         delta.version = ap.finish(f"restored version {number} ({changed} bullets changed)")
         return delta.version

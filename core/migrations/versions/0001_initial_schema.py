@@ -246,6 +246,46 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_reflection_episode_id'), ['episode_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_reflection_playbook_id'), ['playbook_id'], unique=False)
 
+    op.create_table('benchrun',
+    sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('suite', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('config', sa.JSON(), nullable=False),
+    sa.Column('summary', sa.JSON(), nullable=True),
+    sa.Column('playbook_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('job_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('benchrun', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_benchrun_created_at'), ['created_at'], unique=False)
+
+    op.create_table('benchresult',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('run_id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('arm', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('phase', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('epoch', sa.Integer(), nullable=False),
+    sa.Column('task_key', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
+    sa.Column('episode_id', sqlmodel.sql.sqltypes.AutoString(), nullable=True),
+    sa.Column('success', sa.Boolean(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('tokens', sa.Integer(), nullable=False),
+    sa.Column('cost', sa.Float(), nullable=False),
+    sa.Column('duration_ms', sa.Float(), nullable=False),
+    sa.Column('llm_ms', sa.Float(), nullable=False),
+    sa.Column('sandbox_ms', sa.Float(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['run_id'], ['benchrun.id'], ),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('run_id', 'arm', 'phase', 'epoch', 'task_key', name='uq_bench_result')
+    )
+    with op.batch_alter_table('benchresult', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_benchresult_run_id'), ['run_id'], unique=False)
+
     # ### end Alembic commands ###
 
     # Full-text index over bullet text (SQLite only; PostgreSQL will use its own
@@ -274,6 +314,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('benchresult')
+    op.drop_table('benchrun')
     if op.get_bind().dialect.name == "sqlite":
         for name in ("bullet_fts_ai", "bullet_fts_ad", "bullet_fts_au"):
             op.execute(f"DROP TRIGGER IF EXISTS {name}")

@@ -1,0 +1,183 @@
+"""Hybrid ranking, its weights and fallbacks, provenance, query expansion and semantic dedup."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from core import config, embeddings as E, retrieval as R
+from core import playbook as P
+from core.db import write_session
+from core.models import Episode
+from core.retrieval import RankWeights
+from tests.fake_llm import Status
+
+BULLETS = [
+    {"type": "ADD", "section": "pitfalls", "content": "Guard against empty sequences before calling max or dividing by len"},
+    {"type": "ADD", "section": "snippets", "content": "Read CSV files with csv.DictReader for named columns"},
+    {"type": "ADD", "section": "strategies", "content": "Use asyncio.gather to run independent coroutines concurrently"},
+    {"type": "ADD", "section": "pitfalls", "content": "Compare floats with math.isclose instead of =="},
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> Iterator[None]:
+    E.reset_embedders()
+    R.clear_cache()
+    R._expansions.clear()
+    yield
+    E.reset_embedders()
+    R.clear_cache()
+    R._expansions.clear()
+
+
+@pytest.fixture()
+def lexical(db_url: str, settings_env) -> str:
+    settings_env(ACE_EMBEDDER="none")
+    P.apply_delta("demo", BULLETS)
+    return "demo"
+
+
+@pytest.fixture()
+def hybrid(fake_llm, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("ACE_EMBEDDER", "endpoint")
+    monkeypatch.setenv("ACE_EMBED_MODEL", "fake-embed")
+    config.reset_settings()
+    P.apply_delta("demo", BULLETS)
+    return "demo"
+
+
+def ids(hits: list[R.Retrieved]) -> list[str]:
+    return [h.bullet.id for h in hits]
+
+
+def test_every_result_says_why_it_was_chosen(lexical: str) -> None:
+    hits = P.retrieve(lexical, "read the csv columns", 4)
+    assert hits[0].bullet.id == "b-00002"
+    assert set(hits[0].scores) >= {"semantic", "lexical", "counters", "provenance"}
+    assert hits[0].scores["lexical"] > 0 and hits[0].scores["semantic"] == 0.0
+    assert [h.scores.get("fallback") for h in hits[1:]] == [1.0, 1.0, 1.0]
+    assert hits[0].score > hits[1].score
+
+
+def test_lexical_mode_understands_everyday_words(lexical: str) -> None:
+    # "average" and "nothing" are not in the bullet; the synonym table maps them to "mean"/"empty"
+    assert P.retrieve(lexical, "The average of an input crashes when nothing is passed", 1)[0].bullet.id == "b-00001"
+    assert R.fts_query("average", synonyms=False) == '"average"'
+    assert '"mean"' in R.fts_query("average")
+
+
+def test_removed_bullets_never_return(hybrid: str) -> None:
+    P.apply_delta(hybrid, [{"type": "REMOVE", "bullet_id": "b-00002"}])
+    for q in ("Read CSV files with csv.DictReader for named columns", "csv", "zzz"):
+        assert "b-00002" not in ids(P.retrieve(hybrid, q, 10))
+    assert len(P.retrieve(hybrid, "zzz", 10)) == 3
+
+
+def test_hybrid_uses_meaning_and_words(hybrid: str) -> None:
+    hits = P.retrieve(hybrid, "run independent coroutines concurrently with gather", 4)
+    assert hits[0].bullet.id == "b-00003"
+    assert hits[0].scores["semantic"] > 0.5 and hits[0].scores["lexical"] > 0
+    assert len(hits) == 4 and all("semantic" in h.scores for h in hits)
+
+
+def test_weights_are_a_setting_and_change_the_ranking(hybrid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    P.apply_delta(hybrid, [{"type": "TAG", "bullet_id": "b-00004", "tag": "helpful"}] * 5)
+    q = "csv columns"
+    assert ids(P.retrieve(hybrid, q, 1)) == ["b-00002"]
+    monkeypatch.setenv("ACE_RANK_WEIGHTS", "semantic=0, lexical=0, provenance=0, counters=1")
+    config.reset_settings()
+    assert RankWeights.from_settings() == RankWeights(semantic=0, lexical=0, provenance=0, counters=1)
+    assert ids(P.retrieve(hybrid, q, 1)) == ["b-00004"]
+    assert ids(P.retrieve(hybrid, q, 1, weights=RankWeights())) == ["b-00002"]  # an explicit blend wins
+
+
+def test_rank_weights_parse() -> None:
+    w = RankWeights.parse("semantic=2; lexical=0.5")
+    assert (w.semantic, w.lexical, w.counters) == (2.0, 0.5, RankWeights().counters)
+    assert RankWeights.parse("") == RankWeights()
+    assert set(w.as_dict()) == {"semantic", "lexical", "counters", "provenance"}
+    with pytest.raises(ValueError, match="unknown signal 'bm25'"):
+        RankWeights.parse("bm25=1")
+    with pytest.raises(ValueError, match="needs a number"):
+        RankWeights.parse("lexical=lots")
+
+
+def _episode(task: str) -> str:
+    with write_session() as s:
+        ep = Episode(playbook_id="demo", task=task, status="succeeded")
+        s.add(ep)
+        s.flush()
+        return ep.id
+
+
+@pytest.mark.parametrize("mode", ["lexical", "hybrid"])
+def test_provenance_lifts_bullets_learned_from_similar_tasks(mode: str, request: pytest.FixtureRequest) -> None:
+    pid = request.getfixturevalue(mode)
+    ep = _episode("parse the nightly sales report and total revenue per region")
+    P.apply_delta(pid, [{"type": "ADD", "content": "Strip thousands separators before float conversion"},
+                        {"type": "ADD", "content": "Strip currency symbols before float conversion"}], episode_id=ep)
+    hits = P.retrieve(pid, "total revenue per region in the nightly sales report: strip before float conversion", 2)
+    assert {h.bullet.id for h in hits} == {"b-00005", "b-00006"}
+    assert all(h.scores["provenance"] > 0.3 for h in hits)
+    plain = P.retrieve(pid, "strip before float conversion", 2)
+    assert all(h.scores["provenance"] < hits[0].scores["provenance"] for h in plain)
+
+
+def test_query_expansion_adds_the_models_pitfalls_and_is_cached(hybrid: str, fake_llm) -> None:
+    server = fake_llm
+    server.reply({"pitfalls": ["floats need math.isclose", "tolerance when comparing"]})
+    task = "Decide whether two measured lengths are the same"
+    hits = P.retrieve(hybrid, task, 1, expand=True)
+    assert hits[0].bullet.id == "b-00004"
+    assert len(server.chat_requests()) == 1
+    P.retrieve(hybrid, task, 1, expand=True)
+    assert len(server.chat_requests()) == 1  # cached per task
+    assert "Likely pitfalls: floats need math.isclose" in R.expand_query(task)
+
+
+def test_query_expansion_failure_falls_back_to_the_task(hybrid: str, fake_llm) -> None:
+    server = fake_llm
+    server.reply(Status(404, "no such model"))
+    hits = P.retrieve(hybrid, "read the csv columns", 1, expand=True)
+    assert hits[0].bullet.id == "b-00002"
+
+
+def test_expansion_is_off_without_an_llm(lexical: str) -> None:
+    assert R.expand_query("anything at all") == "anything at all"
+    assert P.retrieve(lexical, "read the csv columns", 1, expand=True)[0].bullet.id == "b-00002"
+
+
+def test_semantic_near_duplicate_add_becomes_a_tag(hybrid: str) -> None:
+    # the same words glued in another order: far apart for the lexical check, one vector for the fake embedder
+    text_ = "concurrently_run independent_coroutines to_gather asyncio_use"
+    assert P.similarity(text_, BULLETS[2]["content"]) < config.get_settings().dedup_threshold
+    r = P.apply_delta(hybrid, [{"type": "ADD", "content": text_}])
+    assert r.results[0].type == "TAG" and r.results[0].bullet_id == "b-00003"
+    assert "near-duplicate" in r.results[0].note
+    assert len(P.active_bullets(hybrid)) == 4
+
+
+def test_semantic_dedup_threshold_is_a_setting(hybrid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACE_SEMANTIC_DEDUP_THRESHOLD", "1.01")
+    config.reset_settings()
+    r = P.apply_delta(hybrid, [{"type": "ADD", "content": "concurrently_run independent_coroutines to_gather asyncio_use"}])
+    assert r.results[0].type == "ADD"
+
+
+def test_merge_suggestions_from_embeddings(hybrid: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACE_SEMANTIC_DEDUP_THRESHOLD", "1.01")  # let the near-copy in
+    config.reset_settings()
+    P.apply_delta(hybrid, [{"type": "ADD", "content": "floats_with compare_math isclose_instead of"}])
+    pairs = R.similar_pairs(hybrid, threshold=0.95)
+    assert [(a, b) for a, b, _ in pairs] == [("b-00004", "b-00005")]
+    assert R.similar_pairs(hybrid, threshold=0.95, among=["b-00001"]) == []
+    assert R.similar_pairs(hybrid, threshold=0.95, among=["b-00005"])[0][:2] == ("b-00004", "b-00005")
+
+
+def test_merge_suggestions_need_embeddings(lexical: str) -> None:
+    assert R.similar_pairs(lexical) == []
+
+
+def test_embed_prompt_in_hybrid_mode(hybrid: str) -> None:
+    out = P.embed_prompt(hybrid, "Use asyncio.gather to run independent coroutines concurrently", 1)
+    assert "[b-00003]" in out and out.count("::") == 1
