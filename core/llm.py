@@ -223,5 +223,7 @@ def _short(exc: Exception) -> str:
 
 
 def reset_mode_cache() -> None:
+    """Forget learned server modes and pooled clients (tests start servers on reused ports)."""
     with _mode_lock:
         _mode_cache.clear()
+    _openai_client.cache_clear()

@@ -35,9 +35,8 @@ def upgrade() -> None:
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_job_created_at'), ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_job_status'), ['status'], unique=False)
+    op.create_index(op.f('ix_job_created_at'), 'job', ['created_at'], unique=False)
+    op.create_index(op.f('ix_job_status'), 'job', ['status'], unique=False)
 
     op.create_table('llmcall',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -54,8 +53,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('llmcall', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_llmcall_episode_id'), ['episode_id'], unique=False)
+    op.create_index(op.f('ix_llmcall_episode_id'), 'llmcall', ['episode_id'], unique=False)
 
     op.create_table('playbook',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -88,9 +86,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('pk'),
     sa.UniqueConstraint('playbook_id', 'id', name='uq_bullet_playbook_id')
     )
-    with op.batch_alter_table('bullet', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_bullet_id'), ['id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_bullet_playbook_id'), ['playbook_id'], unique=False)
+    op.create_index(op.f('ix_bullet_id'), 'bullet', ['id'], unique=False)
+    op.create_index(op.f('ix_bullet_playbook_id'), 'bullet', ['playbook_id'], unique=False)
 
     op.create_table('delta',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -106,9 +103,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['playbook_id'], ['playbook.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('delta', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_delta_episode_id'), ['episode_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_delta_playbook_id'), ['playbook_id'], unique=False)
+    op.create_index(op.f('ix_delta_episode_id'), 'delta', ['episode_id'], unique=False)
+    op.create_index(op.f('ix_delta_playbook_id'), 'delta', ['playbook_id'], unique=False)
 
     op.create_table('episode',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -143,12 +139,11 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['playbook_id'], ['playbook.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('episode', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_episode_bench_run_id'), ['bench_run_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_episode_created_at'), ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_episode_job_id'), ['job_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_episode_playbook_id'), ['playbook_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_episode_status'), ['status'], unique=False)
+    op.create_index(op.f('ix_episode_bench_run_id'), 'episode', ['bench_run_id'], unique=False)
+    op.create_index(op.f('ix_episode_created_at'), 'episode', ['created_at'], unique=False)
+    op.create_index(op.f('ix_episode_job_id'), 'episode', ['job_id'], unique=False)
+    op.create_index(op.f('ix_episode_playbook_id'), 'episode', ['playbook_id'], unique=False)
+    op.create_index(op.f('ix_episode_status'), 'episode', ['status'], unique=False)
 
     op.create_table('playbookversion',
     sa.Column('vid', sa.Integer(), nullable=False),
@@ -164,8 +159,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('vid'),
     sa.UniqueConstraint('playbook_id', 'number', name='uq_version_number')
     )
-    with op.batch_alter_table('playbookversion', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_playbookversion_playbook_id'), ['playbook_id'], unique=False)
+    op.create_index(op.f('ix_playbookversion_playbook_id'), 'playbookversion', ['playbook_id'], unique=False)
 
     op.create_table('bulletrevision',
     sa.Column('rid', sa.Integer(), nullable=False),
@@ -183,8 +177,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['playbook_id'], ['playbook.id'], ),
     sa.PrimaryKeyConstraint('rid')
     )
-    with op.batch_alter_table('bulletrevision', schema=None) as batch_op:
-        batch_op.create_index('ix_revision_lookup', ['playbook_id', 'bullet_pk', 'version'], unique=False)
+    op.create_index('ix_revision_lookup', 'bulletrevision', ['playbook_id', 'bullet_pk', 'version'], unique=False)
 
     op.create_table('deltaop',
     sa.Column('oid', sa.Integer(), nullable=False),
@@ -208,8 +201,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['delta_id'], ['delta.id'], ),
     sa.PrimaryKeyConstraint('oid')
     )
-    with op.batch_alter_table('deltaop', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_deltaop_delta_id'), ['delta_id'], unique=False)
+    op.create_index(op.f('ix_deltaop_delta_id'), 'deltaop', ['delta_id'], unique=False)
 
     op.create_table('event',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -224,8 +216,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('episode_id', 'seq', name='uq_event_seq')
     )
-    with op.batch_alter_table('event', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_event_episode_id'), ['episode_id'], unique=False)
+    op.create_index(op.f('ix_event_episode_id'), 'event', ['episode_id'], unique=False)
 
     op.create_table('reflection',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -242,9 +233,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['playbook_id'], ['playbook.id'], ),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('reflection', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_reflection_episode_id'), ['episode_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_reflection_playbook_id'), ['playbook_id'], unique=False)
+    op.create_index(op.f('ix_reflection_episode_id'), 'reflection', ['episode_id'], unique=False)
+    op.create_index(op.f('ix_reflection_playbook_id'), 'reflection', ['playbook_id'], unique=False)
 
     op.create_table('benchrun',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
@@ -259,8 +249,7 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
-    with op.batch_alter_table('benchrun', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_benchrun_created_at'), ['created_at'], unique=False)
+    op.create_index(op.f('ix_benchrun_created_at'), 'benchrun', ['created_at'], unique=False)
 
     op.create_table('benchresult',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -283,8 +272,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('run_id', 'arm', 'phase', 'epoch', 'task_key', name='uq_bench_result')
     )
-    with op.batch_alter_table('benchresult', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_benchresult_run_id'), ['run_id'], unique=False)
+    op.create_index(op.f('ix_benchresult_run_id'), 'benchresult', ['run_id'], unique=False)
 
     # ### end Alembic commands ###
 
@@ -321,53 +309,43 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
         op.execute("DROP TABLE IF EXISTS bullet_fts")
     # ### commands auto generated by Alembic - please adjust! ###
-    with op.batch_alter_table('reflection', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_reflection_playbook_id'))
-        batch_op.drop_index(batch_op.f('ix_reflection_episode_id'))
+    op.drop_index(op.f('ix_reflection_playbook_id'), table_name='reflection')
+    op.drop_index(op.f('ix_reflection_episode_id'), table_name='reflection')
 
     op.drop_table('reflection')
-    with op.batch_alter_table('event', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_event_episode_id'))
+    op.drop_index(op.f('ix_event_episode_id'), table_name='event')
 
     op.drop_table('event')
-    with op.batch_alter_table('deltaop', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_deltaop_delta_id'))
+    op.drop_index(op.f('ix_deltaop_delta_id'), table_name='deltaop')
 
     op.drop_table('deltaop')
-    with op.batch_alter_table('bulletrevision', schema=None) as batch_op:
-        batch_op.drop_index('ix_revision_lookup')
+    op.drop_index('ix_revision_lookup', table_name='bulletrevision')
 
     op.drop_table('bulletrevision')
-    with op.batch_alter_table('playbookversion', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_playbookversion_playbook_id'))
+    op.drop_index(op.f('ix_playbookversion_playbook_id'), table_name='playbookversion')
 
     op.drop_table('playbookversion')
-    with op.batch_alter_table('episode', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_episode_status'))
-        batch_op.drop_index(batch_op.f('ix_episode_playbook_id'))
-        batch_op.drop_index(batch_op.f('ix_episode_job_id'))
-        batch_op.drop_index(batch_op.f('ix_episode_created_at'))
-        batch_op.drop_index(batch_op.f('ix_episode_bench_run_id'))
+    op.drop_index(op.f('ix_episode_status'), table_name='episode')
+    op.drop_index(op.f('ix_episode_playbook_id'), table_name='episode')
+    op.drop_index(op.f('ix_episode_job_id'), table_name='episode')
+    op.drop_index(op.f('ix_episode_created_at'), table_name='episode')
+    op.drop_index(op.f('ix_episode_bench_run_id'), table_name='episode')
 
     op.drop_table('episode')
-    with op.batch_alter_table('delta', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_delta_playbook_id'))
-        batch_op.drop_index(batch_op.f('ix_delta_episode_id'))
+    op.drop_index(op.f('ix_delta_playbook_id'), table_name='delta')
+    op.drop_index(op.f('ix_delta_episode_id'), table_name='delta')
 
     op.drop_table('delta')
-    with op.batch_alter_table('bullet', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_bullet_playbook_id'))
-        batch_op.drop_index(batch_op.f('ix_bullet_id'))
+    op.drop_index(op.f('ix_bullet_playbook_id'), table_name='bullet')
+    op.drop_index(op.f('ix_bullet_id'), table_name='bullet')
 
     op.drop_table('bullet')
     op.drop_table('playbook')
-    with op.batch_alter_table('llmcall', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_llmcall_episode_id'))
+    op.drop_index(op.f('ix_llmcall_episode_id'), table_name='llmcall')
 
     op.drop_table('llmcall')
-    with op.batch_alter_table('job', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_job_status'))
-        batch_op.drop_index(batch_op.f('ix_job_created_at'))
+    op.drop_index(op.f('ix_job_status'), table_name='job')
+    op.drop_index(op.f('ix_job_created_at'), table_name='job')
 
     op.drop_table('job')
     # ### end Alembic commands ###
