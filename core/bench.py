@@ -34,7 +34,7 @@ from sqlmodel import select
 
 from core import jobs
 from core.db import read_session, write_session
-from core.loop import Roles, TaskSpec, create_episode, run_episode
+from core.loop import Roles, TaskSpec, create_episode, learned_delta, run_episode
 from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
 from core.suites import Suite, SuiteError, SuiteTask, load_suite
 
@@ -280,7 +280,7 @@ def _claim(run_id: str, u: Unit, episode_id: str) -> bool:
 
 def _learned_or_frozen(ep: Episode, spec: TaskSpec) -> bool:
     """The episode ended and (if it was to learn) learned: storing its result is all that is left."""
-    return ep.status in ("succeeded", "failed") and (not spec.learn or ep.delta_id is not None)
+    return ep.status in ("succeeded", "failed") and (not spec.learn or learned_delta(ep) is not None)
 
 
 def _cost(episode_id: str, cfg: BenchConfig) -> float:

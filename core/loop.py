@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
@@ -22,12 +22,11 @@ from sqlmodel import select
 from core import jobs
 from core.config import Settings, get_settings
 from core.db import read_session, write_session
-from core.models import Bullet, Episode, Event, Playbook, Reflection, utcnow
+from core.models import Delta, Episode, Event, Reflection, utcnow
 from core.ops import OpIn
-from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, auto_apply, bullet_line, get_bullet,
-                           propose_delta, render, retrieve)
-from core.roles import (Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector,
-                        ReflectorOutput)
+from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, render, retrieve,
+                           submit_delta)
+from core.roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
 from core.routing import route
 from core.sandbox.evaluate import MARKER
 
@@ -248,8 +247,9 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     settings = settings or get_settings()
     ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
     trace = Trace(ep.id, on_event)
-    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
-        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, ep.delta_id)
+    learned = learned_delta(ep)
+    if learned:  # a retried job whose first run already learned: do not learn twice
+        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
     trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
                          "backend": ep.backend, "model": ep.model, "mode": spec.mode},
                episode={"status": "running", "started_at": utcnow(), "job_id": job_id or ep.job_id})
@@ -340,6 +340,14 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     return result
 
 
+def learned_delta(ep: Episode) -> Optional[str]:
+    """The delta an episode already produced, if any (its row may not say so if a worker died)."""
+    if ep.delta_id:
+        return ep.delta_id
+    with read_session() as s:
+        return s.exec(select(Delta.id).where(Delta.episode_id == ep.id)).first()
+
+
 def _load_episode(episode_id: str) -> Episode:
     with read_session() as s:
         ep = s.get(Episode, episode_id)
@@ -383,20 +391,20 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     tag_ops = [OpIn(type="TAG", bullet_id=t.id, tag=t.tag, justification=f"reflector: {outcome}")
                for t in r.bullet_tags]
     ops = tag_ops + list(cur.value.operations)
-    # The episode points at its delta from the moment it exists: a retried job sees it and never learns twice.
-    delta_id = propose_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id, source="curator")
-    version = None
-    status = "pending"
-    with _step_name("apply"), trace.step("apply", episode={"delta_id": delta_id}) as p:
-        p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops))
-        if not ops:
-            status = "empty"
-        elif ep.review_mode == "auto":
-            applied = auto_apply(delta_id)
-            version, status = applied.version, "applied"
-            p.update(version=version, results=[vars(x) for x in applied.results],
+    # Stored (and in auto mode applied) in one transaction; the apply event then points the episode at
+    # its delta, which a retried job checks so it never learns twice.
+    auto = ep.review_mode == "auto"
+    ep_update: dict[str, Any] = {}
+    with _step_name("apply"), trace.step("apply", episode=ep_update) as p:
+        delta_id, applied = submit_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id,
+                                         source="curator", auto=auto)
+        ep_update["delta_id"] = delta_id
+        status = "empty" if not ops else ("applied" if applied is not None else "pending")
+        version = applied.version if applied is not None else None
+        p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops), status=status, version=version)
+        if applied is not None:
+            p.update(results=[vars(x) for x in applied.results],
                      rejected=[{"op": i, "error": e} for i, e in applied.rejected])
-        p.update(status=status)
     return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
             "delta_id": delta_id, "version": version, "status": status}
 
@@ -421,8 +429,8 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
     settings = get_settings()
     ep = _load_episode(episode_id) if episode_id else create_learn_episode(playbook_id, user_message, ground_truth,
                                                                            job_id)
-    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
-        return {"episode_id": ep.id, "reflection": None, "curation": None, "delta_id": ep.delta_id,
+    if learned_delta(ep):  # a retried job whose first run already learned: do not learn twice
+        return {"episode_id": ep.id, "reflection": None, "curation": None, "delta_id": learned_delta(ep),
                 "version": None, "status": "already learned"}
     _update_episode(ep.id, status="running", started_at=utcnow(), error=None)
     roles = roles or Roles.from_settings(settings)

@@ -17,7 +17,7 @@ from difflib import SequenceMatcher
 from typing import Optional
 
 from sqlalchemy import event, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from core.config import get_settings
 from core.db import read_session, write_session
@@ -36,7 +36,7 @@ __all__ = [
     "BEGIN_MARK", "END_MARK", "DeltaError", "ApplyResult", "Retrieved", "RankWeights",
     "validate_playbook_id", "get_or_create_playbook", "get_playbook", "list_playbooks",
     "active_bullets", "get_bullet", "apply_delta", "propose_delta", "decide_ops", "auto_apply",
-    "render", "bullet_line", "retrieve", "embed_prompt", "similarity",
+    "submit_delta", "Decision", "render", "bullet_line", "retrieve", "embed_prompt", "similarity",
 ]
 
 
@@ -119,10 +119,19 @@ def _words(text_: str) -> set[str]:
 def similarity(a: str, b: str) -> float:
     """Lexical near-duplicate score in [0, 1]: the larger of word-set Jaccard and
     character-sequence ratio, so both reworded and lightly edited copies score high."""
+    return _similarity(a, b, 0.0)
+
+
+def _similarity(a: str, b: str, need: float) -> float:
+    """`similarity`, skipping the costly sequence ratio when its cheap upper bound cannot reach `need`."""
     wa, wb = _words(a), _words(b)
     jac = len(wa & wb) / len(wa | wb) if wa and wb else 0.0
-    ratio = SequenceMatcher(None, a.lower(), b.lower()).ratio() if max(len(a), len(b)) < 2000 else 0.0
-    return max(jac, ratio)
+    if jac >= need and need > 0 or max(len(a), len(b)) >= 2000:
+        return jac
+    sm = SequenceMatcher(None, a.lower(), b.lower())
+    if sm.real_quick_ratio() < need or sm.quick_ratio() < need:
+        return jac
+    return max(jac, sm.ratio())
 
 
 def _near_duplicate(session: Session, playbook_id: str, content: str, threshold: float) -> Optional[tuple[Bullet, float]]:
@@ -133,7 +142,7 @@ def _near_duplicate(session: Session, playbook_id: str, content: str, threshold:
     candidates = [b for b, _ in lexical_candidates(session, playbook_id, content, 10, synonyms=False)]
     best: Optional[tuple[Bullet, float]] = None
     for b in candidates:
-        score = similarity(content, b.content)
+        score = _similarity(content, b.content, threshold)
         if score >= threshold and (best is None or score > best[1]):
             best = (b, score)
     return best
@@ -170,6 +179,19 @@ class _Applier:
         self.tokens_before: dict[int, int] = {}
         self.count_change = 0
         self.threshold = get_settings().dedup_threshold
+        self.cache: dict[str, Bullet] = {}
+
+    def snapshot(self) -> tuple[dict[int, Bullet], dict[int, int], int, dict[str, Bullet]]:
+        return dict(self.touched), dict(self.tokens_before), self.count_change, dict(self.cache)
+
+    def restore(self, state: tuple[dict[int, Bullet], dict[int, int], int, dict[str, Bullet]]) -> None:
+        """Undo the bookkeeping of an op whose savepoint was rolled back (the ORM undoes the rows)."""
+        self.touched, self.tokens_before, self.count_change, self.cache = (dict(state[0]), dict(state[1]),
+                                                                           state[2], dict(state[3]))
+
+    def preload(self, ops: Sequence[OpIn]) -> None:
+        """Fetch every bullet the ops name in one query instead of one (plus an autoflush) each."""
+        self.cache.update(_load_bullets(self.s, self.pb.id, _named_ids(ops)))
 
     def _touch(self, b: Bullet) -> None:
         """Remember a bullet's rendered size before its first change."""
@@ -181,7 +203,7 @@ class _Applier:
         self.touched[id(b)] = b
 
     def _live(self, bullet_id: Optional[str], what: str) -> Bullet:
-        b = get_bullet(self.pb.id, bullet_id or "", self.s)
+        b = self.cache.get(bullet_id or "") or get_bullet(self.pb.id, bullet_id or "", self.s)
         if b is None:
             raise DeltaError(f"{what}: bullet {bullet_id!r} does not exist in playbook {self.pb.id!r}")
         if b.status != "active":
@@ -300,12 +322,25 @@ def _as_ops(ops: DeltaIn | Iterable[OpIn | dict]) -> tuple[str, list[OpIn]]:
     return "", out
 
 
+def _named_ids(ops: Sequence[OpIn]) -> set[str]:
+    return {i for op in ops for i in ([op.bullet_id] if op.bullet_id else []) + list(op.bullet_ids)}
+
+
+def _load_bullets(s: Session, playbook_id: str, ids: set[str]) -> dict[str, Bullet]:
+    if not ids:
+        return {}
+    with s.no_autoflush:
+        rows = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id, col(Bullet.id).in_(ids)))
+        return {b.id: b for b in rows}
+
+
 def _store_ops(s: Session, delta: Delta, ops: Sequence[OpIn]) -> list[DeltaOp]:
     rows = []
+    known = _load_bullets(s, delta.playbook_id, _named_ids(ops))
     for i, op in enumerate(ops):
         before = None
         if op.bullet_id:
-            b = get_bullet(delta.playbook_id, op.bullet_id, s)
+            b = known.get(op.bullet_id)
             before = b.content if b is not None else None
         row = DeltaOp(delta_id=delta.id, seq=i, type=op.type, section=op.section, content=op.content,
                       bullet_id=op.bullet_id, bullet_ids=list(op.bullet_ids), tag=op.tag,
@@ -346,6 +381,7 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
         s.flush()
         rows = _store_ops(s, delta, op_list)
         ap = _Applier(s, pb, episode_id, delta.id)
+        ap.preload(op_list)
         results = []
         for i, (op, row) in enumerate(zip(op_list, rows)):
             res = ap.apply(i, op)
@@ -359,17 +395,20 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
 def propose_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
                   episode_id: Optional[str] = None, source: str = "curator") -> str:
     """Store a delta for review; nothing changes in the playbook yet."""
-    r, op_list = _as_ops(ops)
-    with write_session() as s:
-        pb = _ensure_playbook(s, playbook_id)
-        delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
-                      base_version=pb.current_version)
-        s.add(delta)
-        s.flush()
-        _store_ops(s, delta, op_list)
-        if not op_list:
-            delta.status, delta.decided_at = "rejected", utcnow()
-        return delta.id
+    return submit_delta(playbook_id, ops, reasoning, episode_id, source, auto=False)[0]
+
+
+def _store_delta(s: Session, playbook_id: str, op_list: list[OpIn], reasoning: str, episode_id: Optional[str],
+                 source: str) -> Delta:
+    pb = _ensure_playbook(s, playbook_id)
+    delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
+                  base_version=pb.current_version)
+    s.add(delta)
+    s.flush()
+    _store_ops(s, delta, op_list)
+    if not op_list:
+        delta.status, delta.decided_at = "rejected", utcnow()
+    return delta
 
 
 def _settle(s: Session, delta: Delta) -> None:
@@ -393,76 +432,93 @@ class Decision:
 
 
 def decide_ops(delta_id: str, decisions: Sequence[Decision], actor: str = "user") -> ApplyResult:
-    """Record decisions on pending ops; the approved ones land together as one version."""
+    """Record decisions on pending ops; the approved ones land together as one version.
+
+    All or nothing: if an approved op cannot apply, nothing is recorded.
+    """
     with write_session() as s:
         delta = s.get(Delta, delta_id)
         if delta is None:
             raise DeltaError(f"delta {delta_id!r} does not exist")
-        pb = _ensure_playbook(s, delta.playbook_id)
-        rows = {r.oid: r for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id))}
-        ap = _Applier(s, pb, delta.episode_id, delta.id)
-        results: list[OpResult] = []
-        now = utcnow()
-        for d in decisions:
-            row = rows.get(d.op_id)
-            if row is None:
-                raise DeltaError(f"op id {d.op_id} is not part of delta {delta_id}")
-            if row.decision != "pending":
-                raise DeltaError(f"op id {d.op_id} was already {row.decision}")
-            row.decided_by, row.decided_at, row.note = actor, now, d.note
-            if not d.approve:
-                row.decision = "rejected"
-                continue
-            if d.content is not None:
-                if row.type not in ("ADD", "UPDATE", "MERGE"):
-                    raise DeltaError(f"op id {d.op_id} ({row.type}) has no text to edit")
-                try:
-                    row.content = check_content(d.content)
-                except ValueError as exc:
-                    raise DeltaError(f"op id {d.op_id}: {exc}") from exc
-            res = ap.apply(row.seq, _row_to_op(row), before=row.before if row.type == "UPDATE" else None)
-            row.decision, row.result_bullet_id = "approved", res.bullet_id
-            if res.note:
-                row.note = f"{row.note}; {res.note}" if row.note else res.note
-            results.append(res)
-            s.add(row)
-        version = ap.finish(_summary(results)) if results else None
-        if version is not None:
-            delta.version = version
-        _settle(s, delta)
-        return ApplyResult(delta.id, version, results)
+        return _decide(s, delta, decisions, actor, lenient=False)
 
 
 def auto_apply(delta_id: str, actor: str = "auto") -> ApplyResult:
-    """Approve every op that can be applied; reject the others, saying why."""
-    with read_session() as s:
-        ids = [r.oid for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id,
-                                                           DeltaOp.decision == "pending").order_by(DeltaOp.seq))]
+    """Approve every pending op that can be applied; reject the others, saying why."""
+    with write_session() as s:
+        delta = s.get(Delta, delta_id)
+        if delta is None:
+            raise DeltaError(f"delta {delta_id!r} does not exist")
+        return _decide(s, delta, _all_pending(s, delta_id), actor, lenient=True)
+
+
+def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
+                 episode_id: Optional[str] = None, source: str = "curator",
+                 auto: bool = False) -> tuple[str, Optional[ApplyResult]]:
+    """Store a delta and, in auto mode, apply what can be applied: one transaction either way."""
+    r, op_list = _as_ops(ops)
+    _prewarm_dedup(op_list)
+    with write_session() as s:
+        delta = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source)
+        if not auto or not op_list:
+            return delta.id, None
+        return delta.id, _decide(s, delta, _all_pending(s, delta.id), "auto", lenient=True)
+
+
+def _all_pending(s: Session, delta_id: str) -> list[Decision]:
+    stmt = select(DeltaOp.oid).where(DeltaOp.delta_id == delta_id, DeltaOp.decision == "pending")
+    return [Decision(oid, True) for oid in s.exec(stmt.order_by(DeltaOp.seq))]  # type: ignore[arg-type]
+
+
+def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str, lenient: bool) -> ApplyResult:
+    """Apply the approved ops as one version. Lenient: an op that cannot apply is
+    rolled back alone (a savepoint) and rejected with the reason; strict: it raises."""
+    pb = _ensure_playbook(s, delta.playbook_id)
+    rows = {r.oid: r for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id))}
+    ap = _Applier(s, pb, delta.episode_id, delta.id)
+    ap.preload([_row_to_op(rows[d.op_id]) for d in decisions if d.approve and d.op_id in rows])
+    results: list[OpResult] = []
     rejected: list[tuple[int, str]] = []
-    remaining = list(ids)
-    while True:
-        try:
-            decisions = [Decision(i, True) for i in remaining]  # type: ignore[arg-type]
-            decisions += [Decision(i, False, note=f"not applied: {err}") for i, err in rejected]  # type: ignore[arg-type]
-            res = decide_ops(delta_id, decisions, actor=actor)
-            res.rejected = rejected
-            return res
-        except DeltaError as exc:
-            bad = _failing_op(exc, delta_id, remaining)
-            if bad is None:
-                raise
-            remaining.remove(bad)
-            rejected.append((bad, str(exc)))
-
-
-def _failing_op(exc: DeltaError, delta_id: str, remaining: list[Optional[int]]) -> Optional[int]:
-    m = re.match(r"operation (\d+) ", str(exc))
-    if not m:
-        return None
-    seq = int(m.group(1)) - 1
-    with read_session() as s:
-        row = s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id, DeltaOp.seq == seq)).first()
-    return row.oid if row is not None and row.oid in remaining else None
+    now = utcnow()
+    for d in decisions:
+        row = rows.get(d.op_id)
+        if row is None:
+            raise DeltaError(f"op id {d.op_id} is not part of delta {delta.id}")
+        if row.decision != "pending":
+            raise DeltaError(f"op id {d.op_id} was already {row.decision}")
+        if not d.approve:
+            row.decision, row.decided_by, row.decided_at, row.note = "rejected", actor, now, d.note
+            continue
+        if d.content is not None:
+            if row.type not in ("ADD", "UPDATE", "MERGE"):
+                raise DeltaError(f"op id {d.op_id} ({row.type}) has no text to edit")
+            try:
+                row.content = check_content(d.content)
+            except ValueError as exc:
+                raise DeltaError(f"op id {d.op_id}: {exc}") from exc
+        op = _row_to_op(row)
+        before = row.before if row.type == "UPDATE" else None
+        if lenient:
+            state = ap.snapshot()
+            try:
+                with s.begin_nested():
+                    res = ap.apply(row.seq, op, before=before)
+            except DeltaError as exc:
+                ap.restore(state)
+                row.decision, row.decided_by, row.decided_at = "rejected", actor, now
+                row.note = f"not applied: {exc}"
+                rejected.append((row.oid, str(exc)))  # type: ignore[arg-type]
+                continue
+        else:
+            res = ap.apply(row.seq, op, before=before)
+        row.decision, row.decided_by, row.decided_at, row.result_bullet_id = "approved", actor, now, res.bullet_id
+        row.note = "; ".join(x for x in (d.note, res.note) if x) or None
+        results.append(res)
+    version = ap.finish(_summary(results)) if results else None
+    if version is not None:
+        delta.version = version
+    _settle(s, delta)
+    return ApplyResult(delta.id, version, results, rejected)
 
 
 # ----------------------------------------------------------------- rendering
@@ -521,8 +577,10 @@ def retrieve(playbook_id: str, query: str, k: Optional[int] = None,
 def embed_prompt(playbook_id: str, prompt: str, k: Optional[int] = None,
                  token_budget: Optional[int] = None) -> str:
     """The prompt followed by the top-k bullets between the markers."""
-    pb = get_or_create_playbook(playbook_id)
     hits = retrieve(playbook_id, prompt, k)
+    pb = None
+    if not hits:  # an empty or unknown playbook: the first use creates it (and validates the id)
+        pb = get_or_create_playbook(playbook_id)
     budget = get_settings().prompt_token_budget if token_budget is None else token_budget
     return f"{prompt}\n\n{render(pb, [h.bullet for h in hits], budget)}"
 

@@ -22,7 +22,7 @@ from core.config import Settings, get_settings
 from core.db import write_session
 from core.llm import LLMResult
 from core.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
-                       _load_episode, _update_episode, create_episode, reflect_and_curate)
+                       _load_episode, _update_episode, create_episode, learned_delta, reflect_and_curate)
 from core.models import Episode, utcnow
 from core.playbook import _ensure_playbook, render, retrieve
 from core.roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
@@ -208,8 +208,9 @@ def run_review_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, role
 
     settings = settings or get_settings()
     ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
-    if ep.delta_id:  # a retried job whose first run already learned: do not learn twice
-        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, ep.delta_id)
+    learned = learned_delta(ep)
+    if learned:  # a retried job whose first run already learned: do not learn twice
+        return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
     trace = Trace(ep.id, on_event)
     _update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
     result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
