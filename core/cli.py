@@ -128,6 +128,15 @@ def cmd_info(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reembed(a: argparse.Namespace) -> int:
+    from core.embeddings import embedder_status, reembed
+
+    print(embedder_status())
+    n = reembed(a.playbook)
+    print(f"embedded {n} bullet(s)")
+    return EXIT_OK
+
+
 def cmd_playbook(a: argparse.Namespace) -> int:
     from core import playbook as P
     from core import portability as X
@@ -212,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="show settings (secrets hidden) and the active sandbox isolation")
     i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("reembed", help="compute missing or stale bullet embeddings (after changing ACE_EMBED_MODEL)")
+    e.add_argument("playbook", nargs="?", default=None, help="one playbook (default: all)")
+    e.set_defaults(func=cmd_reembed)
 
     pb = sub.add_parser("playbook", help="show, export, import, diff and restore playbooks")
     pbs = pb.add_subparsers(dest="pb_cmd", required=True)

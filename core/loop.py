@@ -379,7 +379,8 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     totals["tokens"] += refl.prompt_tokens + refl.completion_tokens
     totals["llm_ms"] += refl.latency_ms
     _check_cancel(job_id)
-    pb_text = render(None, [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)])
+    shown = [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)]
+    pb_text = render(None, shown) + _merge_hints(ep.playbook_id, [b.id for b in shown])
     with _step_name("curate"), trace.step("curate") as p:
         cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
         p.update(messages=cur.messages, response=cur.raw, curation=cur.value.model_dump(),
@@ -407,6 +408,20 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
                      rejected=[{"op": i, "error": e} for i, e in applied.rejected])
     return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
             "delta_id": delta_id, "version": version, "status": status}
+
+
+def _merge_hints(playbook_id: str, ids: list[str]) -> str:
+    """Near-duplicate pairs among the bullets the Curator sees, so it can MERGE them."""
+    from core.retrieval import similar_pairs
+
+    try:
+        pairs = similar_pairs(playbook_id, among=ids, limit=5)
+    except Exception:  # hints are optional; an embedder hiccup must not stop learning
+        return ""
+    if not pairs:
+        return ""
+    return "\n\nNear-duplicate bullets (consider MERGE): " + "; ".join(
+        f"[{a}] ~ [{b}] (similarity {v:.2f})" for a, b, v in pairs)
 
 
 _MARKED = re.compile(re.escape(BEGIN_MARK) + r"(.*?)" + re.escape(END_MARK), re.S)

@@ -142,8 +142,13 @@ class RetrieveIn(BaseModel):
     k: int = Field(20, ge=0, le=MAX_K)
 
 
+class RetrievedBulletOut(BulletOut):
+    score: float = 0.0
+    scores: dict[str, float] = Field(default_factory=dict)  # per signal: semantic, lexical, counters, provenance
+
+
 class RetrieveOut(BaseModel):
-    retrieved_bullets: list[BulletOut]
+    retrieved_bullets: list[RetrievedBulletOut]
 
 
 class LearnIn(BaseModel):
@@ -589,7 +594,9 @@ def create_bullet(pb: PlaybookDep, body: CreateBulletIn) -> BulletEnvelope:
 @bullets.post("/retrieve", response_model=RetrieveOut)
 def retrieve_bullets(pb: PlaybookDep, body: RetrieveIn) -> RetrieveOut:
     """Ranked: BM25 over the bullet text blended with the helpful/harmful counters."""
-    return RetrieveOut(retrieved_bullets=[bullet_out(h.bullet) for h in P.retrieve(pb.id, body.user_message, body.k)])
+    hits = P.retrieve(pb.id, body.user_message, body.k)
+    return RetrieveOut(retrieved_bullets=[RetrievedBulletOut(**bullet_out(h.bullet).model_dump(), score=h.score,
+                                                             scores=h.scores) for h in hits])
 
 
 @bullets.get("/{bullet_id}", response_model=BulletEnvelope)

@@ -5,6 +5,7 @@ need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || need+=(fonts-noto-color-emoji)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+[ -x /usr/bin/python3 ] || need+=(python3)  # the sandbox runs python as an unprivileged uid that cannot read a python under /root
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing: ${need[*]}"

@@ -14,7 +14,7 @@ def ace(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["worker"], ["serve"], ["bench"], ["playbook"], ["playbook", "diff"],
-                                 ["info"]])
+                                 ["info"], ["reembed"]])
 def test_help_everywhere(cmd: list[str]) -> None:
     r = ace(*cmd, "--help")
     assert r.returncode == 0 and "usage: ace" in r.stdout

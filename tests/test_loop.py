@@ -140,3 +140,18 @@ def test_learn_from_an_outside_trajectory(fake_llm) -> None:
     assert out["status"] == "applied" and out["version"] == 2
     assert P.get_bullet("agent", "b-00001").helpful == 1
     assert "b-00001" in fake_llm.chat_requests()[0]["messages"][1]["content"]
+
+
+def test_curator_is_shown_near_duplicates_to_merge(fake_llm, settings_env) -> None:
+    settings_env(ACE_EMBEDDER="endpoint", ACE_EMBED_MODEL="fake-embed")
+    from core.embeddings import reset_embedders
+
+    reset_embedders()
+    P.apply_delta("dups", [{"type": "ADD", "content": "cache results of slow pure functions with lru_cache"},
+                           {"type": "ADD", "section": "snippets",
+                            "content": "lru_cache: cache results of slow pure functions"}])
+    fake_llm.reply(gen(GOOD), refl(), cur())
+    run_episode(TaskSpec(task="Write mean(xs) and cache slow functions", tests=TESTS, playbook_id="dups"))
+    curator_request = fake_llm.chat_requests()[-1]["messages"][1]["content"]
+    assert "consider MERGE" in curator_request and "[b-00001] ~ [b-00002]" in curator_request
+    reset_embedders()

@@ -42,6 +42,15 @@ def isolation_label(backend: str) -> str:
         return f"unavailable: {exc}"
 
 
+@st.cache_data(ttl=300, show_spinner=False)
+def retrieval_label() -> str:
+    from core.embeddings import embedder_status
+    from core.retrieval import RankWeights
+
+    weights = ", ".join(f"{k} {v:g}" for k, v in RankWeights.from_settings().as_dict().items())
+    return f"{embedder_status()}  \nweights: {weights}"
+
+
 def sidebar_status() -> None:
     s = get_settings()
     with st.sidebar:
@@ -52,6 +61,7 @@ def sidebar_status() -> None:
             st.markdown("**Model** not configured")
         st.markdown(f"**Sandbox** `{s.sandbox_backend}`  \n{isolation_label(s.sandbox_backend)}")
         st.markdown(f"**Review** `{s.review_mode}`")
+        st.markdown(f"**Retrieval** {retrieval_label()}")
         n = views.count_pending()
         if n:
             st.page_link("pages/playbook.py", label=f"{n} delta(s) waiting for review", icon="📝")
