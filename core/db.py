@@ -8,7 +8,7 @@ read-modify-write on the same playbook; readers never block.
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import event
@@ -101,19 +101,13 @@ def write_session(url: str | None = None) -> Iterator[Session]:
     half-applied change.
     """
     engine = get_engine(url)
-    if not is_sqlite(engine):
-        with Session(engine, expire_on_commit=False) as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-        return
-    key = str(engine.url)
-    with _lock:
-        lock = _write_locks.setdefault(key, threading.RLock())
-    with lock, Session(engine.execution_options(immediate=True), expire_on_commit=False) as session:
+    if is_sqlite(engine):
+        with _lock:
+            lock: AbstractContextManager[object] = _write_locks.setdefault(str(engine.url), threading.RLock())
+        bound = engine.execution_options(immediate=True)
+    else:
+        lock, bound = nullcontext(), engine
+    with lock, Session(bound, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

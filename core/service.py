@@ -263,14 +263,7 @@ class VersionsEnvelope(BaseModel):
     versions: list[VersionOut]
 
 
-class BulletStateOut(BaseModel):
-    bullet_id: str
-    section: str
-    content: str
-    helpful: int
-    harmful: int
-    neutral: int
-    status: str
+BulletStateOut = versions.BulletState  # a bullet as it was at a version; pydantic serialises the dataclass
 
 
 class VersionEnvelope(BaseModel):
@@ -364,8 +357,8 @@ def delta_out(d: Delta, ops: list[DeltaOp]) -> DeltaOut:
                                 for o in sorted(ops, key=lambda o: o.seq)])
 
 
-def state_out(st: versions.BulletState) -> BulletStateOut:
-    return BulletStateOut(**vars(st))
+def state_out(st: versions.BulletState) -> versions.BulletState:
+    return st
 
 
 # ------------------------------------------------------------------ helpers
