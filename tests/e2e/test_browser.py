@@ -110,12 +110,15 @@ def test_sandbox_only_run_through_the_playground(server, page) -> None:  # type:
 
 
 def test_trace_and_reflection_pages(server, page) -> None:  # type: ignore[no-untyped-def]
-    page.goto(f"{server['url']}/trace")
-    page.get_by_text("Execution trace").first.wait_for()
+    episode = db_query(server, "from core import views; print(views.episodes_frame()['id'].iloc[0])")
+    page.goto(f"{server['url']}/trace?episode={episode}")
+    page.locator("[data-testid='stDataFrame']").first.wait_for()
+    page.get_by_text(episode).first.wait_for()
+    page.get_by_text("PASSED").first.wait_for()
     settle(page)
     page.screenshot(path=str(SHOTS / "2-trace.png"), full_page=True)
     page.goto(f"{server['url']}/reflection")
-    page.get_by_text("Reflections").first.wait_for()
+    page.get_by_text("No reflections yet").first.wait_for()
     settle(page)
     page.screenshot(path=str(SHOTS / "3-reflections.png"), full_page=True)
 
