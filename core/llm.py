@@ -13,6 +13,8 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Generic, Optional, TypeVar
@@ -28,6 +30,31 @@ T = TypeVar("T", bound=BaseModel)
 MODES = ("json_schema", "json_object", "plain")
 _mode_cache: dict[tuple[str, str], str] = {}
 _mode_lock = threading.Lock()
+
+
+_deferred = threading.local()
+
+
+@contextmanager
+def deferred_call_log() -> Iterator[list[LLMCall]]:
+    """Collect this thread's call-log rows instead of writing each in its own transaction.
+
+    The caller writes the yielded rows with its own commit; if the block
+    raises, they are written here so failed calls are never lost.
+    """
+    rows: list[LLMCall] = []
+    outer = getattr(_deferred, "rows", None)
+    _deferred.rows = rows
+    try:
+        yield rows
+    except BaseException:
+        if rows:
+            with write_session() as s:
+                s.add_all(rows)
+            rows.clear()
+        raise
+    finally:
+        _deferred.rows = outer
 
 
 class LLMError(RuntimeError):
@@ -112,6 +139,10 @@ class LLMClient:
         row = LLMCall(episode_id=episode_id, role=role, model=self.model, messages=messages, response=response,
                       prompt_tokens=usage[0], completion_tokens=usage[1], latency_ms=latency_ms, mode=mode,
                       error=error)
+        buffer = getattr(_deferred, "rows", None)
+        if buffer is not None:  # written by whoever opened the buffer, in its own transaction
+            buffer.append(row)
+            return None
         with write_session() as s:
             s.add(row)
             s.flush()

@@ -27,6 +27,7 @@ from core.ops import OpIn
 from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, render, retrieve,
                            submit_delta)
 from core.roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
+from core.llm import deferred_call_log
 from core.routing import route
 from core.sandbox.evaluate import MARKER
 
@@ -136,8 +137,9 @@ class Trace:
         """Time a step; the caller fills the payload (and `episode`/`rows`, written with it at the end)."""
         payload: dict[str, Any] = {}
         started, t0 = utcnow(), time.perf_counter()
-        yield payload
-        self.emit(kind, payload, attempt, (time.perf_counter() - t0) * 1000, started, episode, rows)
+        with deferred_call_log() as calls:  # the step's LLM call log rows commit with its event
+            yield payload
+        self.emit(kind, payload, attempt, (time.perf_counter() - t0) * 1000, started, episode, (rows or []) + calls)
 
 
 class OutputStream:
@@ -147,6 +149,7 @@ class OutputStream:
         self.trace, self.attempt, self.every_s, self.max_chars = trace, attempt, every_s, max_chars
         self.buf: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.sent = 0
+        self.live = False
         self.last = time.monotonic()
         self.lock = threading.Lock()
 
@@ -161,8 +164,14 @@ class OutputStream:
                 self.sent += len(line)
                 due = time.monotonic() - self.last >= self.every_s
             if due:
+                self.live = True
                 self.flush()
         return on_line
+
+    def close(self) -> None:
+        """Send the rest, unless nothing streamed yet: the execute event carries all of a short run's output."""
+        if self.live:
+            self.flush()
 
     def flush(self) -> None:
         with self.lock:
@@ -295,7 +304,7 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
             verdict = evaluate(sandbox, code, spec.language, tests=spec.tests, expected_output=spec.expected_output,
                                timeout=settings.sandbox_timeout, entry_point=spec.entry_point,
                                on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
-            stream.flush()
+            stream.close()
             totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
             trace.emit("execute", {"code": code, "language": spec.language,
                                    "execution": verdict.execution.model_dump(by_alias=True),

@@ -129,7 +129,7 @@ class _Run:
         verdict = evaluate(self.sandbox, code, spec.language, tests=spec.tests, expected_output=spec.expected_output,
                            timeout=self.settings.sandbox_timeout, entry_point=spec.entry_point,
                            on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
-        stream.flush()
+        stream.close()
         self.totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
         trace.emit("execute", {"code": code, "language": spec.language,
                                "execution": verdict.execution.model_dump(by_alias=True),

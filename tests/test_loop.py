@@ -127,8 +127,18 @@ def test_not_configured_says_what_to_set(db_url) -> None:
 def test_sandbox_only_mode_needs_no_llm(db_url) -> None:
     r = run_episode(TaskSpec(task="hello", mode="sandbox_only", code="print('hello')", expected_output="hello"))
     assert r.success is True and kinds(r.episode_id) == ["route", "execute", "evaluate"]
-    out = [e.payload["text"] for e in episode_events(r.episode_id) if e.kind == "output"]
-    assert "".join(out).strip() == "hello"
+    execute = next(e for e in episode_events(r.episode_id) if e.kind == "execute")
+    assert execute.payload["execution"]["logs"]["stdout"] == ["hello\n"]
+
+
+def test_output_streams_live_while_a_run_is_slow(db_url) -> None:
+    code = "import time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.4)\n"
+    r = run_episode(TaskSpec(task="tick", mode="sandbox_only", code=code))
+    evs = episode_events(r.episode_id)
+    outputs = [e for e in evs if e.kind == "output"]
+    first_execute = next(i for i, e in enumerate(evs) if e.kind == "execute")
+    assert outputs and evs.index(outputs[0]) < first_execute  # seen before the run ended
+    assert "".join(e.payload["text"] for e in outputs).split() == ["tick", "0", "tick", "1", "tick", "2"]
 
 
 def test_learn_from_an_outside_trajectory(fake_llm) -> None:
