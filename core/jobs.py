@@ -240,14 +240,27 @@ def run_worker(stop: Optional[threading.Event] = None, poll_s: float = 0.5, kind
 
 
 _app_worker: Optional[threading.Thread] = None
+_app_stop = threading.Event()
 _app_lock = threading.Lock()
 
 
 def ensure_background_worker() -> threading.Thread:
     """One worker thread per process (the Streamlit app and the HTTP service use it)."""
-    global _app_worker
+    global _app_worker, _app_stop
     with _app_lock:
         if _app_worker is None or not _app_worker.is_alive():
-            _app_worker = threading.Thread(target=run_worker, name="ace-worker", daemon=True)
+            _app_stop = threading.Event()
+            _app_worker = threading.Thread(target=run_worker, kwargs={"stop": _app_stop}, name="ace-worker",
+                                           daemon=True)
             _app_worker.start()
         return _app_worker
+
+
+def stop_background_worker(timeout: float = 30.0) -> None:
+    """Stop the in-process worker after its current job (tests; clean shutdowns)."""
+    global _app_worker
+    with _app_lock:
+        worker, _app_worker = _app_worker, None
+        _app_stop.set()
+    if worker is not None:
+        worker.join(timeout)

@@ -9,19 +9,27 @@ change the blend. With no embedder the same code ranks lexically.
 
 Vector search is numpy brute force over a per-playbook matrix cached in memory
 and reloaded only when the playbook's version or its stored vectors change.
+BM25 runs over an in-memory per-playbook index (numpy postings, Porter stems
+like FTS5's tokenizer) cached the same way and updated from only the changed
+rows on a new version; SQLite FTS5 answers while a large playbook's index is
+still building, and for dedup inside a write. The top k are read with one plain
+SELECT, not through the ORM.
 """
 
 import logging
+import os
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to_detached
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
@@ -31,7 +39,8 @@ from core.models import Bullet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RankWeights", "Retrieved", "search", "lexical_candidates", "fts_query", "expand_query",
+__all__ = ["RankWeights", "Retrieved", "search", "lexical_candidates", "fts_query", "expand_query", "query_terms",
+           "lexical_index", "warm", "porter",
            "semantic_near_duplicate", "similar_pairs", "clear_cache", "counter_score"]
 
 _WORD = re.compile(r"[a-z0-9_]+")
@@ -234,6 +243,119 @@ def _word_cosine(a: str, b: str) -> float:
     return len(wa & wb) / float(np.sqrt(len(wa) * len(wb))) if wa and wb else 0.0
 
 
+# ------------------------------------------------------------------ stemming
+# The Porter (1980) stemmer, the algorithm behind FTS5's `porter` tokenizer, so the in-memory index
+# conflates the same word forms the SQLite index does ("sorting", "sorted", "sorts" -> "sort").
+
+_VOWELS = frozenset("aeiou")
+
+
+def _cons(w: str, i: int) -> bool:
+    c = w[i]
+    if c in _VOWELS:
+        return False
+    if c == "y":
+        return i == 0 or not _cons(w, i - 1)
+    return True
+
+
+def _measure(stem: str) -> int:
+    m, prev_vowel = 0, False
+    for i in range(len(stem)):
+        v = not _cons(stem, i)
+        if prev_vowel and not v:
+            m += 1
+        prev_vowel = v
+    return m
+
+
+def _has_vowel(stem: str) -> bool:
+    return any(not _cons(stem, i) for i in range(len(stem)))
+
+
+def _double_cons(w: str) -> bool:
+    return len(w) >= 2 and w[-1] == w[-2] and _cons(w, len(w) - 1)
+
+
+def _cvc(w: str) -> bool:
+    return (len(w) >= 3 and _cons(w, len(w) - 3) and not _cons(w, len(w) - 2) and _cons(w, len(w) - 1)
+            and w[-1] not in "wxy")
+
+
+_STEP2 = (("ational", "ate"), ("tional", "tion"), ("enci", "ence"), ("anci", "ance"), ("izer", "ize"),
+          ("abli", "able"), ("alli", "al"), ("entli", "ent"), ("eli", "e"), ("ousli", "ous"),
+          ("ization", "ize"), ("ation", "ate"), ("ator", "ate"), ("alism", "al"), ("iveness", "ive"),
+          ("fulness", "ful"), ("ousness", "ous"), ("aliti", "al"), ("iviti", "ive"), ("biliti", "ble"))
+_STEP3 = (("icate", "ic"), ("ative", ""), ("alize", "al"), ("iciti", "ic"), ("ical", "ic"), ("ful", ""),
+          ("ness", ""))
+_STEP4 = ("al", "ance", "ence", "er", "ic", "able", "ible", "ant", "ement", "ment", "ent", "ion", "ou", "ism",
+          "ate", "iti", "ous", "ive", "ize")
+
+
+def porter(w: str) -> str:
+    if len(w) <= 2:
+        return w
+    # step 1a
+    if w.endswith("sses"):
+        w = w[:-2]
+    elif w.endswith("ies"):
+        w = w[:-2]
+    elif w.endswith("ss"):
+        pass
+    elif w.endswith("s"):
+        w = w[:-1]
+    # step 1b
+    again = False
+    if w.endswith("eed"):
+        if _measure(w[:-3]) > 0:
+            w = w[:-1]
+    elif w.endswith("ed") and _has_vowel(w[:-2]):
+        w, again = w[:-2], True
+    elif w.endswith("ing") and _has_vowel(w[:-3]):
+        w, again = w[:-3], True
+    if again:
+        if w.endswith(("at", "bl", "iz")):
+            w += "e"
+        elif _double_cons(w) and w[-1] not in "lsz":
+            w = w[:-1]
+        elif _measure(w) == 1 and _cvc(w):
+            w += "e"
+    # step 1c
+    if w.endswith("y") and _has_vowel(w[:-1]):
+        w = w[:-1] + "i"
+    # step 2
+    for suf, rep in _STEP2:
+        if w.endswith(suf):
+            if _measure(w[:-len(suf)]) > 0:
+                w = w[:-len(suf)] + rep
+            break
+    # step 3
+    for suf, rep in _STEP3:
+        if w.endswith(suf):
+            if _measure(w[:-len(suf)]) > 0:
+                w = w[:-len(suf)] + rep
+            break
+    # step 4
+    for suf in _STEP4:
+        if w.endswith(suf):
+            stem = w[:-len(suf)]
+            if _measure(stem) > 1 and (suf != "ion" or stem.endswith(("s", "t"))):
+                w = stem
+            break
+    else:
+        if w.endswith("ion"):
+            pass
+    # step 5
+    if w.endswith("e"):
+        stem = w[:-1]
+        m = _measure(stem)
+        if m > 1 or (m == 1 and not _cvc(stem)):
+            w = stem
+    if w.endswith("ll") and _measure(w) > 1:
+        w = w[:-1]
+    return w
+
+
 # ----------------------------------------------------------------- vector index
 
 
@@ -259,6 +381,8 @@ CACHE_PLAYBOOKS = 8
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+    with _lex_lock:
+        _lex.clear()
 
 
 def _stamp(conn, playbook_id: str, model: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
@@ -323,6 +447,333 @@ def vector_index(session: Session, playbook_id: str, model: str) -> _Index:
     return idx
 
 
+# ------------------------------------------------------------ in-memory BM25
+#
+# FTS5 scores every row a query term matches, which at 10,000+ bullets costs more than the rest of
+# retrieval together. This index keeps each playbook's postings in numpy arrays (term -> slots, BM25
+# term-frequency part), built once and cached by playbook version like the vectors; a new version
+# re-reads only the bullets whose row changed. Any SQLAlchemy database works. FTS5 stays the path for
+# a cold start of a large SQLite playbook (the index then builds in the background) and for dedup
+# inside a write transaction (`lexical_candidates`), which must see its own uncommitted rows.
+
+_TOKEN = re.compile(r"[^\W_]+")
+_stems: dict[str, str] = {}
+BM25_K1, BM25_B = 1.2, 0.75
+SECTION_WEIGHT = 0.3  # a bullet's section name counts less than its text (as FTS5 bm25(1.0, 0.3) did)
+SYNONYM_WEIGHT = 1.0  # synonyms weigh as the task's own words (0.4-0.8 measured worse on the tune half of the pairs)
+COLD_BUILD_ROWS = 20_000  # larger playbooks build their index in the background; FTS5 answers meanwhile
+_BULLET_TABLE = Bullet.__table__  # type: ignore[attr-defined]
+_BULLET_COLS = [c.name for c in _BULLET_TABLE.columns]
+
+
+def _new_bullet() -> Bullet:
+    """An empty Bullet instance with its ORM state, as a query would make it (no __init__ validation)."""
+    configure_mappers()
+    return instrumentation.manager_of_class(Bullet).new_instance()  # type: ignore[union-attr,no-any-return]
+
+
+def _stem(word: str) -> str:
+    s = _stems.get(word)
+    if s is None:
+        s = porter(word) if word.isascii() and word.isalpha() else word
+        if len(_stems) > 200_000:
+            _stems.clear()
+        _stems[word] = s
+    return s
+
+
+def _doc_tokens(text_: str) -> list[str]:
+    return [_stem(t) for t in _TOKEN.findall(text_.lower()) if t not in _STOP]
+
+
+def query_terms(query: str, synonyms: bool = True) -> dict[str, float]:
+    """Stemmed query terms -> weight: the query's own words 1.0, their programming synonyms less."""
+    own = [t for t in dict.fromkeys(_TOKEN.findall(query.lower())) if len(t) > 1 and t not in _STOP]
+    out: dict[str, float] = {}
+    for t in own:
+        out[_stem(t)] = 1.0
+    if synonyms:
+        for t in expand_terms(own):
+            for part in _TOKEN.findall(t):
+                out.setdefault(_stem(part), SYNONYM_WEIGHT)
+    return out
+
+
+class _LexIndex:
+    """One playbook's BM25 postings. Bullets occupy slots; a changed bullet gets a fresh slot and its
+    old one dies, so postings only ever grow until the next full rebuild (when a fifth is stale)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.version = -1
+        self.sig: dict[int, tuple] = {}  # pk -> row signature (status, counters, updated_at, section, length)
+        self.slot_of: dict[int, int] = {}  # pk -> live slot
+        self.pks = np.zeros(0, np.int64)
+        self.alive = np.zeros(0, bool)
+        self.dl = np.zeros(0, np.float32)
+        self.helpful = np.zeros(0, np.int64)
+        self.harmful = np.zeros(0, np.int64)
+        self.neutral = np.zeros(0, np.int64)
+        self.episode: list[Optional[str]] = []
+        self.avgdl = 1.0
+        self.base_terms: dict[str, int] = {}  # term -> row of indptr
+        self.indptr = np.zeros(1, np.int64)
+        self.post_slot = np.zeros(0, np.int32)
+        self.post_tf = np.zeros(0, np.float32)  # raw (field-weighted) term frequency
+        self.extra: dict[str, tuple[list[int], list[float]]] = {}  # postings of slots added since the build
+        self.extra_n = 0
+        self.df_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, BM25 tf part)
+        self._fallback_order: Optional[np.ndarray] = None
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive.sum())
+
+    # -- building
+    def _grow(self, n: int) -> None:
+        self.pks = np.concatenate([self.pks, np.zeros(n, np.int64)])
+        self.alive = np.concatenate([self.alive, np.zeros(n, bool)])
+        self.dl = np.concatenate([self.dl, np.zeros(n, np.float32)])
+        for name in ("helpful", "harmful", "neutral"):
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(n, np.int64)]))
+        self.episode.extend([None] * n)
+
+    @staticmethod
+    def _doc(section: str, content: str) -> tuple[dict[str, float], float]:
+        tf: dict[str, float] = {}
+        words = _doc_tokens(content)
+        for t in words:
+            tf[t] = tf.get(t, 0.0) + 1.0
+        sec = _doc_tokens(section.replace("_", " "))
+        for t in sec:
+            tf[t] = tf.get(t, 0.0) + SECTION_WEIGHT
+        return tf, len(words) + SECTION_WEIGHT * len(sec)
+
+    def build(self, rows: list, version: int) -> None:
+        """rows: (pk, status, helpful, harmful, neutral, updated_at, section, length, episode, content)."""
+        lock = self.lock
+        self.__init__()  # type: ignore[misc]
+        self.lock = lock
+        active = [r for r in rows if r[1] == "active"]
+        self.sig = {int(r[0]): tuple(r[1:8]) for r in rows}
+        self._grow(len(active))
+        term_ids: dict[str, int] = {}
+        t_col: list[int] = []
+        s_col: list[int] = []
+        f_col: list[float] = []
+        for slot, r in enumerate(active):
+            tf, dl = self._doc(r[6] or "", r[9] or "")
+            self._set_slot(slot, r, dl)
+            for t, f in tf.items():
+                tid = term_ids.setdefault(t, len(term_ids))
+                t_col.append(tid)
+                s_col.append(slot)
+                f_col.append(f)
+        terms = np.array(t_col, np.int64)
+        order = np.argsort(terms, kind="stable")
+        self.post_slot = np.array(s_col, np.int32)[order]
+        self.post_tf = np.array(f_col, np.float32)[order]
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(terms, minlength=len(term_ids)))]).astype(np.int64)
+        self.base_terms = term_ids
+        self.avgdl = float(self.dl.mean()) if len(active) and self.dl.mean() > 0 else 1.0
+        self.version = version
+
+    def _set_slot(self, slot: int, r, dl: float) -> None:  # type: ignore[no-untyped-def]
+        pk = int(r[0])
+        self.pks[slot], self.alive[slot], self.dl[slot] = pk, True, dl
+        self.helpful[slot], self.harmful[slot], self.neutral[slot] = int(r[2] or 0), int(r[3] or 0), int(r[4] or 0)
+        self.episode[slot] = r[8]
+        self.slot_of[pk] = slot
+
+    def apply_changes(self, rows: list, version: int) -> None:
+        """Changed rows (same shape as build's): their old slots die, active ones get new slots."""
+        for r in rows:
+            pk = int(r[0])
+            self.sig[pk] = tuple(r[1:8])
+            old = self.slot_of.pop(pk, None)
+            if old is not None:
+                self.alive[old] = False
+        active = [r for r in rows if r[1] == "active"]
+        start = len(self.pks)
+        self._grow(len(active))
+        for i, r in enumerate(active):
+            slot = start + i
+            tf, dl = self._doc(r[6] or "", r[9] or "")
+            self._set_slot(slot, r, dl)
+            for t, f in tf.items():
+                sl, fl = self.extra.setdefault(t, ([], []))
+                sl.append(slot)
+                fl.append(f)
+                self.df_cache.pop(t, None)
+                self.extra_n += 1
+        self.df_cache.clear()  # cached postings still hold the slots that just died
+        self.version = version
+        self._fallback_order = None
+
+    def stale(self) -> bool:
+        dead = len(self.pks) - self.n_alive
+        return dead > 0.2 * max(1, len(self.pks)) or self.extra_n > 0.2 * max(1, len(self.post_slot))
+
+    # -- scoring
+    def postings(self, term: str) -> tuple[np.ndarray, np.ndarray]:
+        hit = self.df_cache.get(term)
+        if hit is not None:
+            return hit
+        parts_s, parts_f = [], []
+        tid = self.base_terms.get(term)
+        if tid is not None:
+            a, b = self.indptr[tid], self.indptr[tid + 1]
+            parts_s.append(self.post_slot[a:b])
+            parts_f.append(self.post_tf[a:b])
+        if term in self.extra:
+            parts_s.append(np.array(self.extra[term][0], np.int32))
+            parts_f.append(np.array(self.extra[term][1], np.float32))
+        if not parts_s:
+            hit = (np.zeros(0, np.int32), np.zeros(0, np.float32))
+        else:
+            slots = np.concatenate(parts_s) if len(parts_s) > 1 else parts_s[0]
+            tf = np.concatenate(parts_f) if len(parts_f) > 1 else parts_f[0]
+            keep = self.alive[slots]
+            slots, tf = slots[keep], tf[keep]
+            norm = BM25_K1 * (1 - BM25_B + BM25_B * self.dl[slots] / self.avgdl)
+            hit = (slots, (tf * (BM25_K1 + 1) / (tf + norm)).astype(np.float32))
+        if len(self.df_cache) > 4096:
+            self.df_cache.clear()
+        self.df_cache[term] = hit
+        return hit
+
+    def score(self, terms: dict[str, float], limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, bm25 >= 0) of the best `limit` matching live bullets, best first."""
+        n = self.n_alive
+        if not terms or n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        plist = []
+        for t, w in terms.items():
+            slots, part = self.postings(t)
+            if len(slots):
+                df = len(slots)
+                idf = float(np.log(1.0 + (n - df + 0.5) / (df + 0.5)))
+                plist.append((df, t, w * idf, slots, part))
+        if n >= PRUNE_FROM_ROWS and plist:
+            # terms in a tenth of a large playbook carry little weight but cost the most to score
+            rare = [p for p in plist if p[0] <= COMMON_TERM_SHARE * n] or [min(plist, key=lambda p: p[0])]
+            plist = sorted(rare, key=lambda p: -p[2])[:MAX_RANKED_TERMS]
+        if not plist:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scores = np.zeros(len(self.pks), np.float32)
+        for _, _, w, slots, part in plist:
+            scores[slots] += w * part
+        hit = np.flatnonzero(scores)
+        if len(hit) > limit:
+            hit = hit[np.argpartition(-scores[hit], limit - 1)[:limit]]
+        hit = hit[np.argsort(-scores[hit], kind="stable")]
+        return hit, scores[hit]
+
+    def fallback_order(self) -> np.ndarray:
+        """Live slots by (helpful - harmful) desc, then pk: the best-rated bullets for the fill."""
+        if self._fallback_order is None:
+            live = np.flatnonzero(self.alive)
+            net = self.helpful[live] - self.harmful[live]
+            self._fallback_order = live[np.lexsort((self.pks[live], -net))]
+        return self._fallback_order
+
+
+_lex: "OrderedDict[tuple[str, str], _LexIndex]" = OrderedDict()
+_lex_lock = threading.Lock()
+_lex_building: set[tuple[str, str]] = set()
+_META_SQL = ("SELECT pk, status, helpful, harmful, neutral, updated_at, section, length(content), source_episode_id "
+             "FROM bullet WHERE playbook_id = :p")
+
+
+def _full_rows(conn, playbook_id: str) -> list:  # type: ignore[no-untyped-def]
+    return conn.execute(text(_META_SQL.replace("FROM", ", content FROM")), {"p": playbook_id}).all()
+
+
+def _refresh(conn, idx: _LexIndex, playbook_id: str, version: int) -> None:  # type: ignore[no-untyped-def]
+    """Bring the index to `version`, re-reading only the rows whose signature moved."""
+    meta = conn.execute(text(_META_SQL), {"p": playbook_id}).all()
+    changed = [int(r[0]) for r in meta if idx.sig.get(int(r[0])) != tuple(r[1:8])]
+    if len(meta) < len(idx.sig) or len(changed) > 0.2 * max(1, len(meta)) or idx.stale():
+        idx.build(_full_rows(conn, playbook_id), version)
+        return
+    rows = []
+    for i in range(0, len(changed), 500):
+        chunk = changed[i:i + 500]
+        rows += conn.execute(text(_META_SQL.replace("FROM", ", content FROM") +
+                                  f" AND pk IN ({','.join(str(pk) for pk in chunk)})"), {"p": playbook_id}).all()
+    idx.apply_changes(rows, version)
+
+
+def _build_in_background(url: str, playbook_id: str) -> None:
+    key = (url, playbook_id)
+
+    def run() -> None:
+        try:
+            with read_session(url) as s:
+                conn = s.connection()
+                version = conn.execute(text("SELECT current_version FROM playbook WHERE id = :p"),
+                                       {"p": playbook_id}).scalar()
+                idx = _LexIndex()
+                idx.build(_full_rows(conn, playbook_id), int(version or 0))
+            _store_lex(key, idx)
+        except Exception as exc:  # the FTS5 path keeps answering; the next query tries again
+            log.warning("building the lexical index of %s failed: %s", playbook_id, exc)
+        finally:
+            with _lex_lock:
+                _lex_building.discard(key)
+
+    with _lex_lock:
+        if key in _lex_building:
+            return
+        _lex_building.add(key)
+    threading.Thread(target=run, name=f"lex-index-{playbook_id}", daemon=True).start()
+
+
+def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
+    with _lex_lock:
+        _lex[key] = idx
+        _lex.move_to_end(key)
+        while len(_lex) > CACHE_PLAYBOOKS:
+            _lex.popitem(last=False)
+
+
+def lexical_index(session: Session, playbook_id: str, version: int,
+                  wait: bool = False) -> Optional[_LexIndex]:
+    """The playbook's in-memory BM25 index at `version`; None while a large one is still building
+    (the caller then uses FTS5). `wait=True` builds it here, whatever its size."""
+    url = str(session.get_bind().url)  # type: ignore[union-attr]
+    key = (url, playbook_id)
+    with _lex_lock:
+        idx = _lex.get(key)
+        if idx is not None:
+            _lex.move_to_end(key)
+    conn = session.connection()
+    if idx is None:
+        if not wait and is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+            n = conn.execute(text("SELECT count(*) FROM bullet WHERE playbook_id = :p"), {"p": playbook_id}).scalar()
+            if int(n or 0) > COLD_BUILD_ROWS:
+                _build_in_background(url, playbook_id)
+                return None
+        idx = _LexIndex()
+        idx.build(_full_rows(conn, playbook_id), version)
+        _store_lex(key, idx)
+        return idx
+    if idx.version != version:
+        with idx.lock:
+            if idx.version != version:
+                _refresh(conn, idx, playbook_id, version)
+    return idx
+
+
+def warm(playbook_id: str) -> None:
+    """Build a playbook's lexical index now (e.g. when a service starts), so no query waits on it."""
+    with read_session() as s:
+        version = s.connection().execute(text("SELECT current_version FROM playbook WHERE id = :p"),
+                                         {"p": playbook_id}).scalar()
+        if version is not None:
+            lexical_index(s, playbook_id, int(version), wait=True)
+
+
 # --------------------------------------------------------------- query expansion
 
 
@@ -377,6 +828,21 @@ def _provenance_texts(session: Session, episode_ids: Sequence[Optional[str]]) ->
     return {r[0]: r[1] for r in rows}
 
 
+def _bullets_by_pk(conn, pks: Sequence[int]) -> dict[int, Bullet]:  # type: ignore[no-untyped-def]
+    """Active bullets by pk through one plain SELECT: detached Bullet objects without ORM loading."""
+    if not pks:
+        return {}
+    rows = conn.execute(select(_BULLET_TABLE).where(_BULLET_TABLE.c.pk.in_([int(p) for p in pks]),
+                                                    _BULLET_TABLE.c.status == "active")).all()
+    out = {}
+    for r in rows:
+        b = _new_bullet()
+        b.__dict__.update(zip(_BULLET_COLS, r))
+        make_transient_to_detached(b)
+        out[int(b.pk)] = b  # type: ignore[arg-type]
+    return out
+
+
 def search(playbook_id: str, query: str, k: int, weights: RankWeights,
            embedder: Optional[Embedder] = None, expand: bool = False, synonyms: bool = True) -> list[Retrieved]:
     """Top-k active bullets by the fused score; best-rated others fill up when too few match."""
@@ -385,26 +851,105 @@ def search(playbook_id: str, query: str, k: int, weights: RankWeights,
     q_text = expand_query(query) if expand else query
     emb = embedder if embedder is not None else get_embedder()
     qvec = embed_query(q_text, emb) if emb is not None else None
+    limit = max(50, 5 * k)
     with read_session() as s:
-        lex = _lexical_rows(s, playbook_id, q_text, max(50, 5 * k), synonyms=synonyms)
+        conn = s.connection()
+        version = conn.execute(text("SELECT current_version FROM playbook WHERE id = :p"), {"p": playbook_id}).scalar()
+        if version is None:
+            return []
+        lex_idx = lexical_index(s, playbook_id, int(version))
+        if lex_idx is not None:
+            with lex_idx.lock:
+                slots, bm25 = lex_idx.score(query_terms(q_text, synonyms), limit)
+                lex = [(int(lex_idx.pks[i]), float(v), int(lex_idx.helpful[i]), int(lex_idx.harmful[i]),
+                        int(lex_idx.neutral[i]), lex_idx.episode[i]) for i, v in zip(slots, bm25)]
+        else:
+            lex = [tuple(r) for r in _lexical_rows(s, playbook_id, q_text, limit, synonyms=synonyms)]
         lex_norm = {int(r[0]): r[1] / (r[1] + LEXICAL_SATURATION) for r in lex}
         scored: dict[int, tuple[float, dict[str, float]]] = {}
         if qvec is not None and emb is not None:
             scored = _dense(vector_index(s, playbook_id, emb.name), qvec, lex_norm, k, weights)
         # lexical hits without a vector (no embedder, or not embedded yet) still compete
         plain = [r for r in lex if int(r[0]) not in scored]
-        tasks = _provenance_texts(s, [r[5] for r in plain])
+        tasks = _provenance_texts(s, [r[5] for r in plain]) if weights.provenance else {}
         for pk, _, helpful, harmful, neutral, episode in plain:
             prov = _word_cosine(q_text, tasks[episode]) if episode in tasks else 0.0
             cnt = counter_score(helpful, harmful, neutral)
             sc = {"semantic": 0.0, "lexical": lex_norm[pk], "counters": cnt, "provenance": prov}
             scored[pk] = (weights.lexical * sc["lexical"] + weights.counters * cnt + weights.provenance * prov, sc)
-        best = sorted(scored.items(), key=lambda kv: kv[1][0], reverse=True)[:k]
-        bullets = {b.pk: b for b in s.exec(select(Bullet).where(  # type: ignore[union-attr]
-            Bullet.pk.in_([pk for pk, _ in best]), Bullet.status == "active"))} if best else {}  # type: ignore[union-attr]
+        best = sorted(scored.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+        bullets = _bullets_by_pk(conn, [pk for pk, _ in best])
         out = [Retrieved(bullets[pk], sc, d) for pk, (sc, d) in best if pk in bullets]
         if len(out) < k:
-            out += _fallback(s, playbook_id, {r.bullet.pk for r in out}, k - len(out), weights)
+            seen = {r.bullet.pk for r in out}
+            if lex_idx is not None:
+                out += _fallback_fast(conn, lex_idx, seen, k - len(out), weights)
+            else:
+                out += _fallback(s, playbook_id, seen, k - len(out), weights)
+    return out
+
+
+def _fallback_fast(conn, idx: _LexIndex, seen: set[Optional[int]], n: int,  # type: ignore[no-untyped-def]
+                   weights: RankWeights) -> list[Retrieved]:
+    """`_fallback` from the cached counters: the best-rated live bullets not already chosen."""
+    with idx.lock:
+        order = idx.fallback_order()
+        pks = [int(p) for p in idx.pks[order[:n + len(seen)]] if int(p) not in seen][:n]
+    bullets = _bullets_by_pk(conn, pks)
+    out = []
+    for pk in pks:
+        b = bullets.get(pk)
+        if b is not None:
+            cnt = counter_score(b.helpful, b.harmful, b.neutral)
+            out.append(Retrieved(b, weights.counters * cnt - 1.0, {"semantic": 0.0, "lexical": 0.0, "counters": cnt,
+                                                                   "provenance": 0.0, "fallback": 1.0}))
+    return out
+
+
+_blas_limited = False
+_split_pool: Optional[ThreadPoolExecutor] = None
+SPLIT_FROM_ROWS = 40_000  # larger matrices are scanned in two halves on two threads
+
+
+def _single_thread_blas() -> None:
+    """Run numpy's own BLAS on one thread, once per process.
+
+    A query's matrix-vector product is small; OpenBLAS waking a second thread
+    for it costs more than it saves whenever the other core is busy (measured
+    here with one core loaded: 10,000 x 384 p50 11.8 ms threaded, 1.5 ms on one
+    thread), and a service has concurrent requests to fill the cores anyway.
+    Only numpy's bundled library is limited, never torch's.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        ctl = ThreadpoolController()
+        np_dir = os.path.dirname(os.path.dirname(np.__file__))
+        for lib in ctl.lib_controllers:
+            if lib.internal_api == "openblas" and lib.filepath.startswith(np_dir) and "numpy" in lib.filepath:
+                lib.set_num_threads(1)
+    except Exception as exc:  # threadpoolctl missing or unusual BLAS: keep its defaults
+        log.debug("BLAS threads left as they are: %s", exc)
+
+
+def _matvec(m: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """m @ q on one BLAS thread, split across two Python threads for large matrices (BLAS drops the GIL)."""
+    global _split_pool
+    _single_thread_blas()
+    n = m.shape[0]
+    if n < SPLIT_FROM_ROWS:
+        return m @ q
+    if _split_pool is None:
+        _split_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-matvec")
+    out = np.empty(n, np.float32)
+    half = n // 2
+    fut = _split_pool.submit(np.dot, m[half:], q, out[half:])
+    np.dot(m[:half], q, out[:half])
+    fut.result()
     return out
 
 
@@ -413,7 +958,7 @@ def _dense(idx: _Index, qvec: np.ndarray, lex_norm: dict[int, float], k: int,
     """Fused scores over every embedded bullet (numpy brute force); the top k of them."""
     if not len(idx.pks) or idx.matrix.shape[1] != qvec.shape[0] or idx.active is None or idx.counters is None:
         return {}
-    sem = idx.matrix @ qvec
+    sem = _matvec(idx.matrix, np.ascontiguousarray(qvec, dtype=np.float32))
     prov = np.zeros_like(sem)
     if len(idx.task_rows):
         prov[idx.task_rows] = idx.task_matrix @ qvec

@@ -13,6 +13,15 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_T
     os.environ.pop(_name, None)
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_worker() -> Iterator[None]:
+    """A worker thread started by one test (the app, the service) must not take the next test's jobs."""
+    yield
+    from core import jobs
+
+    jobs.stop_background_worker()
+
+
 @pytest.fixture()
 def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'ace.db'}"

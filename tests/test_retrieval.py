@@ -181,3 +181,50 @@ def test_merge_suggestions_need_embeddings(lexical: str) -> None:
 def test_embed_prompt_in_hybrid_mode(hybrid: str) -> None:
     out = P.embed_prompt(hybrid, "Use asyncio.gather to run independent coroutines concurrently", 1)
     assert "[b-00003]" in out and out.count("::") == 1
+
+
+def test_in_memory_index_follows_every_version(lexical: str) -> None:
+    assert ids(P.retrieve(lexical, "csv columns", 1)) == ["b-00002"]
+    P.apply_delta(lexical, [{"type": "UPDATE", "bullet_id": "b-00002", "content": "Parse JSON with json.loads"},
+                            {"type": "ADD", "content": "Write CSV rows with csv.writer and newline=''"}])
+    hits = P.retrieve(lexical, "csv rows", 2)
+    assert ids(hits)[0] == "b-00005" and hits[1].scores.get("fallback") == 1.0  # old csv text forgotten
+    assert ids(P.retrieve(lexical, "json loads", 1)) == ["b-00002"]
+    P.apply_delta(lexical, [{"type": "REMOVE", "bullet_id": "b-00005"}])
+    assert "b-00005" not in ids(P.retrieve(lexical, "csv rows", 10))
+    assert len(P.retrieve(lexical, "csv rows", 10)) == 4
+
+
+def test_in_memory_bm25_matches_word_forms_and_synonyms() -> None:
+    assert R.porter("sorting") == R.porter("sorted") == R.porter("sorts") == "sort"
+    assert R.porter("duplicates") == R.porter("duplicate")
+    terms = R.query_terms("Write a function that sorts the duplicates")
+    assert "sort" in terms and "duplic" in terms and "function" not in terms  # boilerplate dropped
+    assert "uniqu" in terms  # from the synonym table
+
+
+def test_results_are_detached_bullets_with_every_field(lexical: str) -> None:
+    from sqlalchemy import inspect
+
+    b = P.retrieve(lexical, "csv columns", 1)[0].bullet
+    assert inspect(b).detached and b.playbook_id == "demo" and b.created_at is not None
+    assert b.model_dump()["content"].startswith("Read CSV")
+
+
+def test_large_cold_playbook_answers_through_fts5_while_the_index_builds(lexical: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(R, "COLD_BUILD_ROWS", 2)
+    built = []
+    monkeypatch.setattr(R, "_build_in_background", lambda url, pid: built.append(pid))
+    hits = P.retrieve(lexical, "read the csv columns", 2)
+    assert built == ["demo"] and ids(hits)[0] == "b-00002"  # the FTS5 path answered
+    R.warm("demo")
+    assert ids(P.retrieve(lexical, "read the csv columns", 1)) == ["b-00002"]
+
+
+def test_embed_prompt_creates_an_unknown_playbook(db_url: str, settings_env) -> None:
+    settings_env(ACE_EMBEDDER="none")
+    out = P.embed_prompt("brand-new", "hello", 5)
+    assert out.endswith(f"{P.BEGIN_MARK}\n{P.END_MARK}") and P.get_playbook("brand-new") is not None
+    with pytest.raises(ValueError):
+        P.embed_prompt("bad id!", "hello", 5)
