@@ -29,15 +29,26 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+_streamed: set[Any] = set()  # attempts whose output was already printed live
+
+
+def _print_lines(text: str, stream: Any) -> None:
+    for line in text.splitlines():
+        print(f"    | {line}", file=stream)
+
+
 def _print_event(ev: dict[str, Any]) -> None:
     kind, p = ev["kind"], ev["payload"]
     att = f" #{ev['attempt']}" if ev.get("attempt") else ""
     ms = f" ({ev['duration_ms']:.0f} ms)" if ev.get("duration_ms") is not None else ""
     if kind == "output":
-        stream = sys.stdout if p["stream"] == "stdout" else sys.stderr
-        for line in p["text"].splitlines():
-            print(f"    | {line}", file=stream)
+        _streamed.add(ev.get("attempt"))
+        _print_lines(p["text"], sys.stdout if p["stream"] == "stdout" else sys.stderr)
         return
+    if kind == "execute" and ev.get("attempt") not in _streamed:  # a short run: its output comes with it
+        logs = (p.get("execution") or {}).get("logs") or {}
+        _print_lines("".join(logs.get("stdout") or []), sys.stdout)
+        _print_lines("".join(logs.get("stderr") or []), sys.stderr)
     line = f"[{kind}{att}]{ms}"
     if kind == "route":
         line += f" {p.get('reason', '')}; review: {p.get('review_mode', '-')}; backend: {p.get('backend', '-')}"

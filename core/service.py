@@ -11,6 +11,7 @@ Learning runs on the durable job queue, never in the request.
 import hmac
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
@@ -802,6 +803,7 @@ def create_app(start_worker: Optional[bool] = None, settings: Optional[Settings]
             import core.handlers  # noqa: F401  (fail here, loudly, if a job kind is missing)
 
             jobs.ensure_background_worker()
+        threading.Thread(target=_warm_indexes, name="ace-warm", daemon=True).start()
         yield
 
     app = FastAPI(title="ACE Service API", version=VERSION, lifespan=lifespan, description=(
@@ -841,6 +843,17 @@ def create_app(start_worker: Optional[bool] = None, settings: Optional[Settings]
     app.add_middleware(CORSMiddleware, allow_origins=cors_origins(settings), allow_credentials=True,  # type: ignore[arg-type]
                        allow_methods=["*"], allow_headers=["*"])
     return app
+
+
+def _warm_indexes() -> None:
+    """Build each playbook's in-memory retrieval index now, not on an agent's first request."""
+    from core import retrieval
+
+    for pb in P.list_playbooks():
+        try:
+            retrieval.warm(pb.id)
+        except Exception:  # a cold index only costs the first request some time
+            log.warning("could not warm the retrieval index of %s", pb.id, exc_info=True)
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, access_log: bool = True) -> None:

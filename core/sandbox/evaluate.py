@@ -7,6 +7,7 @@ a marker, so a verdict says *which* tests failed, not just the first.
 """
 
 import ast
+import threading
 
 from pydantic import BaseModel
 
@@ -62,8 +63,19 @@ def _wrap_body(body: list[ast.stmt], source: str) -> list[ast.stmt]:
     return out
 
 
+# CPython 3.11's AST constructor keeps its recursion depth in shared state, so
+# parsing from several threads at once can fail with "AST constructor
+# recursion depth mismatch" (the loop and benchmarks evaluate in threads).
+_AST_LOCK = threading.Lock()
+
+
 def instrument_tests(tests: str, entry_point: str | None = None) -> str:
     """Rewrite Python tests so each assert is counted; append `check(entry_point)` if needed."""
+    with _AST_LOCK:
+        return _instrument(tests, entry_point)
+
+
+def _instrument(tests: str, entry_point: str | None) -> str:
     tree = ast.parse(tests)
     calls_check = any(
         isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
