@@ -7,13 +7,15 @@ read-modify-write on the same playbook; readers never block.
 """
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-from sqlalchemy import event
+from typing import Any
+
+from sqlalchemy import Connection, event, insert
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 from core.config import get_settings
 
@@ -114,3 +116,17 @@ def write_session(url: str | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
+    """Insert new table rows with Core statements (no identity map): for hot append-only paths."""
+    by_table: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        table = type(row).__table__  # type: ignore[attr-defined]
+        values = {c.name: getattr(row, c.name) for c in table.columns}
+        for c in table.primary_key.columns:
+            if values.get(c.name) is None:
+                values.pop(c.name, None)
+        by_table.setdefault(table, []).append(values)
+    for table, values in by_table.items():
+        conn.execute(insert(table), values)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func
+from sqlalchemy import func, insert, update
 from sqlmodel import select
 
 from core import jobs
 from core.config import Settings, get_settings
-from core.db import read_session, write_session
+from core.db import insert_rows, read_session, write_session
 from core.models import Delta, Episode, Event, Reflection, utcnow
 from core.ops import OpIn
 from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, render, retrieve,
@@ -117,17 +117,17 @@ class Trace:
              episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
         """Append an event; in the same transaction update the episode and add `rows`."""
         with self._lock, write_session() as s:
-            for row in rows or ():
-                s.add(row)
-            seq = s.exec(select(func.coalesce(func.max(Event.seq), 0)).where(Event.episode_id == self.episode_id)).one()
-            s.add(Event(episode_id=self.episode_id, seq=int(seq) + 1, kind=kind, attempt=attempt, payload=payload,
-                        started_at=started_at or utcnow(), duration_ms=duration_ms))
+            # Core statements, not the ORM unit of work: this runs several times per episode.
+            conn = s.connection()
+            seq = conn.execute(select(func.coalesce(func.max(Event.seq), 0))
+                               .where(Event.episode_id == self.episode_id)).scalar_one()
+            conn.execute(insert(Event.__table__), {  # type: ignore[arg-type]
+                "episode_id": self.episode_id, "seq": int(seq) + 1, "kind": kind, "attempt": attempt,
+                "payload": payload, "started_at": started_at or utcnow(), "duration_ms": duration_ms})
+            insert_rows(conn, rows or ())
             if episode:
-                ep = s.get(Episode, self.episode_id)
-                if ep is not None:
-                    for k, v in episode.items():
-                        setattr(ep, k, v)
-                    s.add(ep)
+                conn.execute(update(Episode.__table__).where(Episode.__table__.c.id == self.episode_id)  # type: ignore[attr-defined]
+                             .values(**episode))
         if self.sink is not None:
             self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
 
