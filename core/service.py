@@ -10,7 +10,6 @@ Learning runs on the durable job queue, never in the request.
 
 import hmac
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
