@@ -64,26 +64,43 @@ with friendly_errors("show benchmark runs"):
         st.progress(prog["fraction"], text=f"{prog['status']}: {prog['done']}/{prog['total']} episodes")
         if prog.get("error"):
             st.error(prog["error"])
-        b1, b2, b3, _ = st.columns([1, 1, 1, 3])
+        buttons = st.columns([1, 1, 1, 3])
+        i = 0
         if prog["status"] in ("queued", "running"):
-            b1.button("Cancel", key="bench_cancel", on_click=lambda: call(bench.cancel_bench, run_id))
+            buttons[0].button("Cancel", key="bench_cancel", on_click=lambda: call(bench.cancel_bench, run_id))
+            i = 1
         elif prog["status"] in ("failed", "cancelled"):
-            b1.button("Resume", key="bench_resume", on_click=lambda: call(bench.resume_bench, run_id))
-        b2.download_button("CSV", bench.export_csv(run_id), file_name=f"{run_id}.csv", mime="text/csv")
-        b3.download_button("JSON", bench.export_json(run_id), file_name=f"{run_id}.json", mime="application/json")
+            buttons[0].button("Resume", key="bench_resume", on_click=lambda: call(bench.resume_bench, run_id))
+            i = 1
+        buttons[i].download_button("⬇ CSV", bench.export_csv(run_id), file_name=f"{run_id}.csv", mime="text/csv")
+        buttons[i + 1].download_button("⬇ JSON", bench.export_json(run_id), file_name=f"{run_id}.json",
+                                       mime="application/json")
         curve = pd.DataFrame(bench.learning_curve(run_id))
         if curve.empty:
+            st.info("No results yet: the first episodes of this run are still running.")
             return
+        arms = {"category_orders": {"arm": ["baseline", "ace"]},
+                "color_discrete_map": {"baseline": "#adb5bd", "ace": "#4c6ef5"}}
+        legend = dict(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, title_text=""))
         test = curve[curve["phase"] == "test"]
         l, r = st.columns(2)
         if not test.empty:
-            l.plotly_chart(px.bar(test, x="arm", y="pass_rate", color="arm", range_y=[0, 1], text_auto=".0%",
-                                  title="Held-out test split: baseline vs ACE"), width="stretch")
+            fig = px.bar(test, x="arm", y="pass_rate", color="arm", range_y=[0, 1.1], text_auto=".0%",
+                         labels={"pass_rate": "pass rate"}, title="Held-out test split: baseline vs ACE", **arms)
+            fig.update_traces(textposition="outside")
+            l.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **legend), width="stretch")
         train = curve[curve["phase"] == "train"]
         if not train.empty:
-            r.plotly_chart(px.line(train, x="epoch", y="pass_rate", color="arm", markers=True, range_y=[0, 1],
-                                   title="Pass rate per epoch (train split)"), width="stretch")
+            fig = px.line(train, x="epoch", y="pass_rate", color="arm", markers=True, range_y=[-0.05, 1.05],
+                          labels={"pass_rate": "pass rate"}, title="Pass rate per epoch (train split)", **arms)
+            fig.update_traces(marker_size=10)
+            r.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", xaxis_dtick=1, **legend), width="stretch")
         st.dataframe(curve[["arm", "phase", "epoch", "tasks", "passed", "pass_rate", "tokens_per_task",
-                            "cost_per_task", "duration_ms_per_task"]], hide_index=True, width="stretch")
+                            "cost_per_task", "duration_ms_per_task"]], hide_index=True, width="stretch",
+                     column_config={"pass_rate": st.column_config.NumberColumn("pass rate", format="percent"),
+                                    "tokens_per_task": st.column_config.NumberColumn("tokens / task", format="%.0f"),
+                                    "cost_per_task": st.column_config.NumberColumn("cost / task", format="$%.4f"),
+                                    "duration_ms_per_task": st.column_config.NumberColumn("time / task",
+                                                                                          format="%.0f ms")})
 
     show_run()

@@ -8,6 +8,7 @@ from core import bench, views
 from ui.components import friendly_errors, query_param
 
 st.title("📈 Learning curves")
+LEGEND = dict(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, title_text=""), margin=dict(b=10))
 
 with friendly_errors("draw the learning curves"):
     pbs = ["(all)"] + views.playbook_ids()
@@ -15,6 +16,10 @@ with friendly_errors("draw the learning curves"):
     pb = st.selectbox("Playbook", pbs, index=pbs.index(want) if want in pbs else 0)
     pid = None if pb == "(all)" else pb
     df = views.learning_frame(pid)
+    vdf = views.versions_frame(pid)
+    names = sorted(set(df["playbook"]) | set(vdf["playbook"])) if not (df.empty and vdf.empty) else []
+    palette = px.colors.qualitative.Plotly
+    cmap = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per playbook on every chart
     if df.empty:
         st.info("No finished episodes yet. Run some from the Playground (or a benchmark) and come back.")
     else:
@@ -23,28 +28,35 @@ with friendly_errors("draw the learning curves"):
         c[1].metric("success rate", f"{df['success'].mean():.0%}")
         c[2].metric("mean attempts", f"{df['attempts'].mean():.2f}")
         c[3].metric("tokens", f"{int(df['tokens'].sum()):,}")
-        fig = px.scatter(df, x="n", y="success", color="playbook", opacity=0.35,
-                         labels={"n": "episode", "success": "success (1) / failure (0)"})
+        fig = px.line(df, x="n", y="rolling_success", color="playbook", color_discrete_map=cmap,
+                      labels={"n": "episode", "rolling_success": "success rate (rolling mean of 10)"})
         for name, g in df.groupby("playbook"):
-            fig.add_scatter(x=g["n"], y=g["rolling_success"], mode="lines", name=f"{name}: rolling mean (10)")
-        fig.update_layout(title="Success per episode", height=360, yaxis_range=[-0.05, 1.05])
+            fig.add_scatter(x=g["n"], y=g["success"], mode="markers", opacity=0.4, showlegend=False,
+                            marker=dict(color=cmap[name], size=9), name=f"{name}: episode",
+                            hovertemplate="episode %{x}: %{y}<extra>" + str(name) + "</extra>")
+        fig.update_layout(title="Success per episode (dots: 1 = passed, 0 = failed; line: rolling mean of 10)",
+                          height=380, yaxis_range=[-0.05, 1.05], yaxis_tickformat=".0%", **LEGEND)
         st.plotly_chart(fig, width="stretch")
         l, r = st.columns(2)
         ok = df[df["success"] == 1]
         if not ok.empty:
-            l.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=True,
-                                   title="Attempts until success", labels={"n": "episode"}), width="stretch")
-        r.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode",
-                               labels={"n": "episode"}), width="stretch")
+            l.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=True, color_discrete_map=cmap,
+                                   title="Attempts until success", labels={"n": "episode"}).update_layout(**LEGEND),
+                           width="stretch")
+        r.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode", markers=True,
+                               color_discrete_map=cmap, labels={"n": "episode"}).update_layout(**LEGEND),
+                       width="stretch")
         st.plotly_chart(px.line(df, x="n", y="latency_s", color="playbook", title="Latency per episode (s)",
-                                labels={"n": "episode", "latency_s": "seconds"}), width="stretch")
-    vdf = views.versions_frame(pid)
+                                markers=True, color_discrete_map=cmap,
+                                labels={"n": "episode", "latency_s": "seconds"}).update_layout(**LEGEND),
+                        width="stretch")
     if not vdf.empty:
         l, r = st.columns(2)
-        l.plotly_chart(px.line(vdf, x="version", y="bullets", color="playbook", markers=True,
-                               title="Playbook size across versions"), width="stretch")
-        r.plotly_chart(px.line(vdf, x="version", y="tokens", color="playbook", markers=True,
-                               title="Rendered playbook tokens across versions"), width="stretch")
+        l.plotly_chart(px.line(vdf, x="version", y="bullets", color="playbook", markers=True, color_discrete_map=cmap,
+                               title="Playbook size across versions").update_layout(**LEGEND), width="stretch")
+        r.plotly_chart(px.line(vdf, x="version", y="tokens", color="playbook", markers=True, color_discrete_map=cmap,
+                               title="Rendered playbook tokens across versions").update_layout(**LEGEND),
+                       width="stretch")
 
 with friendly_errors("show benchmark runs"):
     runs = [r for r in bench.list_runs(20) if r.get("ace_test_pass_rate") is not None]
@@ -52,7 +64,9 @@ with friendly_errors("show benchmark runs"):
         rows = [{"run": f"{r['suite']} · {r['id'][-6:]}", "arm": arm, "pass rate": r[key]}
                 for r in runs for arm, key in (("baseline", "baseline_test_pass_rate"), ("ACE", "ace_test_pass_rate"))
                 if r.get(key) is not None]
-        st.plotly_chart(px.bar(pd.DataFrame(rows), x="run", y="pass rate", color="arm", barmode="group",
-                               range_y=[0, 1], title="Benchmarks: held-out pass rate, baseline vs ACE"),
-                        width="stretch")
+        fig = px.bar(pd.DataFrame(rows), x="run", y="pass rate", color="arm", barmode="group", range_y=[0, 1.1],
+                     text_auto=".0%", color_discrete_map={"baseline": "#adb5bd", "ACE": "#4c6ef5"},
+                     title="Benchmarks: held-out pass rate, baseline vs ACE")
+        fig.update_traces(textposition="outside")
+        st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
         st.page_link("pages/benchmarks.py", label="Benchmark details", icon="🏁")

@@ -37,7 +37,7 @@ c[2].metric("pending deltas", n_pending)
 c[3].metric("environment", pb.environment)
 
 
-def diff_html(before: str, after: str) -> str:
+def diff_html(before: str, after: str, block: bool = True) -> str:
     """Word-level before/after with removals struck through and additions marked."""
     a, b = before.split(), after.split()
     out = []
@@ -48,7 +48,7 @@ def diff_html(before: str, after: str) -> str:
             out.append(f'<ins style="background:#ccffd8;text-decoration:none">{html.escape(" ".join(b[j1:j2]))}</ins>')
         if op == "equal":
             out.append(html.escape(" ".join(a[i1:i2])))
-    return '<div style="line-height:1.6">' + " ".join(out) + "</div>"
+    return ('<div style="line-height:1.6">' + " ".join(out) + "</div>") if block else " ".join(out)
 
 
 def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
@@ -90,8 +90,10 @@ def decide(delta_id: str, ops: list[DeltaOp], approve: bool) -> None:
                                      else "Recorded the decision")
 
 
-tab_review, tab_bullets, tab_versions, tab_io = st.tabs(
-    [f"Review ({n_pending})", "Bullets", "Versions", "Import / export"])
+TAB_NAMES = [f"Review ({n_pending})", "Bullets", "Versions", "Import / export"]
+# a deep link opens the tab it points into: ?diff= the versions, ?bullet= the bullets, otherwise the review
+default_tab = TAB_NAMES[2] if query_param("diff") else TAB_NAMES[1] if query_param("bullet") else None
+tab_review, tab_bullets, tab_versions, tab_io = st.tabs(TAB_NAMES, default=default_tab)
 
 if msg := st.session_state.pop("flash", None):
     st.toast(msg)
@@ -109,46 +111,56 @@ with tab_review, friendly_errors("show pending deltas"):
     for item in pending:
         d = item.delta
         with st.container(border=True):
-            st.markdown(f"**{STATUS_ICON.get(d.status, '')} Delta `{d.id}`** · {d.source} · {d.status}"
-                        + (f" · from a run of: _{item.task[:100]}_" if item.task else ""))
-            if d.episode_id:
-                st.page_link("pages/trace.py", label="episode trace", icon="🔎", query_params={"episode": d.episode_id})
+            task = (item.task[:120] + "…" if len(item.task) > 120 else item.task) if item.task else ""
+            st.markdown(f"**{STATUS_ICON.get(d.status, '')} Delta `{d.id}`** · proposed by {d.source} · "
+                        f"{d.status.replace('_', ' ')} · {len(item.ops)} op(s)"
+                        + (f"  \nfrom a run of: _{task}_" if task else ""))
             if d.reasoning:
-                st.caption(d.reasoning)
+                st.caption(f"curator's reasoning: {d.reasoning}")
             texts = views.current_texts(pid, [i for op in item.ops for i in ([op.bullet_id] if op.bullet_id else [])
                                               + list(op.bullet_ids or [])])
             open_ops = [op for op in item.ops if op.decision == "pending"]
+            h1, h2, h3 = st.columns([2, 1, 1], vertical_alignment="center")
+            if d.episode_id:
+                h1.page_link("pages/trace.py", label="the episode's trace", icon="🔎",
+                             query_params={"episode": d.episode_id})
+            if len(open_ops) > 1:
+                h2.button(f"✅ Approve all {len(open_ops)}", key=f"approve-all-{d.id}", on_click=decide,
+                          args=(d.id, open_ops, True), width="stretch")
+                h3.button(f"❌ Reject all {len(open_ops)}", key=f"reject-all-{d.id}", on_click=decide,
+                          args=(d.id, open_ops, False), width="stretch")
             for op in item.ops:
                 with st.container(border=True):
-                    st.markdown(f"**{op.type}** · op {op.seq + 1}"
+                    st.markdown(f"**{op.type}** · op {op.seq + 1} of {len(item.ops)}"
                                 + ("" if op.decision == "pending" else f" · {op.decision} by {op.decided_by}")
                                 + (f" · _{op.note}_" if op.note else ""))
                     show_op(op, texts)
                     if op.decision != "pending":
                         continue
                     if op.type in ("ADD", "UPDATE", "MERGE"):
-                        st.text_area("Edit before approving", op.content or "", key=f"edit-{op.oid}", height=80)
-                    st.text_input("Note (optional)", key=f"note-{op.oid}")
-                    b1, b2, _ = st.columns([1, 1, 4])
-                    b1.button("✅ Approve", key=f"approve-{op.oid}", on_click=decide, args=(d.id, [op], True))
-                    b2.button("❌ Reject", key=f"reject-{op.oid}", on_click=decide, args=(d.id, [op], False))
-            if len(open_ops) > 1:
-                a1, a2, _ = st.columns([1, 1, 4])
-                a1.button("Approve all", key=f"approve-all-{d.id}", on_click=decide, args=(d.id, open_ops, True))
-                a2.button("Reject all", key=f"reject-all-{d.id}", on_click=decide, args=(d.id, open_ops, False))
+                        st.text_area("Edit the text before approving (optional)", op.content or "",
+                                     key=f"edit-{op.oid}", height=80)
+                    n1, b1, b2 = st.columns([4, 1, 1], vertical_alignment="bottom")
+                    n1.text_input("Note (optional)", key=f"note-{op.oid}")
+                    b1.button("✅ Approve", key=f"approve-{op.oid}", on_click=decide, args=(d.id, [op], True),
+                              width="stretch")
+                    b2.button("❌ Reject", key=f"reject-{op.oid}", on_click=decide, args=(d.id, [op], False),
+                              width="stretch")
 
 # ------------------------------------------------------------------ bullets
 with tab_bullets, friendly_errors("show bullets"):
-    f1, f2, f3 = st.columns([2, 1, 1])
+    f1, f2, f3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     search = f1.text_input("Search", key="bullet_search")
     secs = [""] + views.sections(pid)
     section = f2.selectbox("Section", secs, format_func=lambda s: s or "(all)")
     show_removed = f3.toggle("Show removed", False)
     df = views.bullets_frame(pid, search, section, show_removed)
-    st.caption(f"{len(df)} bullets")
-    sel = st.dataframe(df, hide_index=True, width="stretch", height=320, on_select="rerun",
+    st.caption(f"{len(df)} bullet(s). Select a row to see where it came from, edit or remove it.")
+    sel = st.dataframe(df, hide_index=True, width="stretch", height=min(420, 3 + 35 * (max(len(df), 1) + 1)),
+                       on_select="rerun",
                        selection_mode="single-row", key="bullets_table",
-                       column_config={"content": st.column_config.TextColumn("content", width="large")})
+                       column_config={"content": st.column_config.TextColumn("content", width="large"),
+                                      "updated": st.column_config.DatetimeColumn("updated", format="MMM D, HH:mm")})
     picked = df.iloc[sel.selection.rows[0]]["id"] if sel is not None and sel.selection.rows else query_param("bullet")
     if picked:
         prov = views.provenance(pid, picked)
@@ -194,7 +206,9 @@ with tab_versions, friendly_errors("show versions"):
     numbers = sorted(vdf["version"].tolist(), reverse=True) if not vdf.empty else [0]
     st.dataframe(vdf.sort_values("version", ascending=False)[["version", "created", "bullets", "tokens", "summary",
                                                                 "delta"]],
-                 hide_index=True, width="stretch", height=220)
+                 hide_index=True, width="stretch", height=220,
+                 column_config={"created": st.column_config.DatetimeColumn("created", format="MMM D, HH:mm:ss"),
+                                "summary": st.column_config.TextColumn("summary", width="large")})
     link = query_param("diff") or ""
     da, db = (link.split("..") + [""])[:2] if ".." in link else ("", "")
     default_b = int(db) if db.isdigit() and int(db) in numbers else numbers[0]
@@ -206,19 +220,34 @@ with tab_versions, friendly_errors("show versions"):
     diff = versions.diff_versions(pid, int(a), int(b))
     if diff.empty:
         st.info("No differences.")
+    else:
+        st.markdown(f"**Version {a} → {b}**: {len(diff.added)} added · {len(diff.removed)} removed · "
+                    f"{len(diff.changed)} changed")
     for x in diff.added:
-        st.html(f'<div style="background:#e6ffec;padding:4px">+ [{x.bullet_id}] {html.escape(x.content)}</div>')
+        st.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
+                f'+ [{x.bullet_id}] {html.escape(x.content)}</div>')
     for x in diff.removed:
-        st.html(f'<div style="background:#ffebe9;padding:4px">− [{x.bullet_id}] {html.escape(x.content)}</div>')
+        st.html(f'<div style="background:#ffebe9;border-left:4px solid #e03131;padding:4px 8px">'
+                f'− [{x.bullet_id}] <del>{html.escape(x.content)}</del></div>')
     for before, after in diff.changed:
-        l, r = st.columns(2)
-        l.html(f'<div style="background:#fff1f0;padding:4px">[{before.bullet_id}] {html.escape(before.content)}'
-               f'<br><small>helpful={before.helpful} harmful={before.harmful}</small></div>')
-        r.html(f'<div style="background:#e6ffec;padding:4px">[{after.bullet_id}] {html.escape(after.content)}'
-               f'<br><small>helpful={after.helpful} harmful={after.harmful}</small></div>')
+        counters = " · ".join(f"{k} {getattr(before, k)} → {getattr(after, k)}"
+                              for k in ("helpful", "harmful", "neutral", "section", "status")
+                              if getattr(before, k) != getattr(after, k))
+        small = f'<br><small>{html.escape(counters)}</small>' if counters else ""
+        if before.content == after.content:  # only counters, section or status changed
+            st.html(f'<div style="background:#fff9db;border-left:4px solid #f59f00;padding:4px 8px">'
+                    f'~ [{after.bullet_id}] {html.escape(after.content)}{small}</div>')
+            continue
+        l, r = st.columns(2)  # the text changed: before and after side by side, the words that changed marked
+        l.html(f'<div style="background:#fff1f0;border-left:4px solid #e03131;padding:4px 8px">'
+               f'<small>version {a}</small><br>[{before.bullet_id}] {html.escape(before.content)}</div>')
+        r.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
+               f'<small>version {b}</small><br>[{after.bullet_id}] '
+               f'{diff_html(before.content, after.content, block=False)}{small}</div>')
     st.divider()
-    rv = st.selectbox("Restore version", numbers, key="restore_pick")
-    if st.button(f"Restore version {rv} as a new version", key="restore_btn"):
+    r1, r2 = st.columns([1, 2], vertical_alignment="bottom")
+    rv = r1.selectbox("Restore version", numbers, key="restore_pick", index=1 if len(numbers) > 1 else 0)
+    if r2.button(f"Restore version {rv} as a new version", key="restore_btn"):
         if (v := call(versions.restore_version, pid, int(rv), actor="reviewer")) is not None:
             st.session_state["flash"] = f"Restored version {rv} as version {v}"
             st.rerun()

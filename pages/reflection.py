@@ -31,20 +31,24 @@ with friendly_errors("load reflections"):
     if refl is None:
         st.info("This episode has no reflection (yet).")
         st.stop()
-    for title, text in [("Error identification", refl.error_identification),
-                        ("Root cause analysis", refl.root_cause_analysis),
-                        ("Correct approach", refl.correct_approach), ("Key insight", refl.key_insight)]:
-        st.subheader(title)
-        st.write(text or "—")
+    fields = [("Error identification", refl.error_identification), ("Root cause analysis", refl.root_cause_analysis),
+              ("Correct approach", refl.correct_approach), ("Key insight", refl.key_insight)]
+    for row in (fields[:2], fields[2:]):
+        cols = st.columns(2)
+        for col, (title, text) in zip(cols, row):
+            with col.container(border=True):
+                st.subheader(title)
+                st.write(text or "—")
     if refl.reasoning:
-        with st.expander("Reasoning"):
+        with st.expander("The Reflector's reasoning"):
             st.write(refl.reasoning)
     st.subheader("Bullets tagged")
     if not refl.bullet_tags:
-        st.caption("The Reflector tagged no bullets.")
+        st.caption("The Reflector tagged no bullets (the generator used none, or none applied).")
     icons = {"helpful": "👍", "harmful": "👎", "neutral": "➖"}
     texts = views.current_texts(refl.playbook_id, [t["id"] for t in refl.bullet_tags])
     for t in refl.bullet_tags:
-        c1, c2 = st.columns([4, 1])
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
         c1.markdown(f"{icons.get(t['tag'], '')} **{t['tag']}** `[{t['id']}]` {texts.get(t['id'], '(no such bullet)')}")
-        c2.page_link("pages/playbook.py", label="open", query_params={"playbook": refl.playbook_id, "bullet": t["id"]})
+        c2.page_link("pages/playbook.py", label="in the playbook", icon="📒",
+                     query_params={"playbook": refl.playbook_id, "bullet": t["id"]})

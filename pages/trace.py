@@ -20,10 +20,15 @@ with friendly_errors("list the episodes"):
         st.info("No episodes yet. Run one from the Playground.")
     else:
         df.insert(0, "", df["status"].map(lambda s: STATUS_ICON.get(s, "")))
+        df["mode"] = df["mode"].replace({"sandbox_only": "no LLM"})
+        df = df[["", "task", "status", "attempts", "tokens", "playbook", "mode", "created", "id"]]
+        st.caption(f"{len(df)} episode(s), newest first. Select a row to open its trace.")
         event = st.dataframe(df, hide_index=True, width="stretch", height=260, on_select="rerun",
                              selection_mode="single-row", key="episodes_table",
                              column_config={"id": st.column_config.TextColumn("episode"),
-                                            "task": st.column_config.TextColumn("task", width="large")})
+                                            "task": st.column_config.TextColumn("task", width="large"),
+                                            "created": st.column_config.DatetimeColumn("created",
+                                                                                       format="MMM D, HH:mm:ss")})
         rows = event.selection.rows if event is not None else []
         if rows:
             picked = df.iloc[rows[0]]["id"]

@@ -4,6 +4,7 @@ import base64
 import html
 import re
 import traceback
+from datetime import timedelta
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
@@ -73,45 +74,107 @@ def llm_missing_message() -> str:
             "`ACE_MODEL`, in the environment or `.env`, then restart. \"Run this code\" works without a model.")
 
 
+KIND_COLOR = {"route": "#868e96", "generate": "#4c6ef5", "review": "#7950f2", "optimize": "#be4bdb",
+              "execute": "#f08c00", "reflect": "#12b886", "curate": "#20c997", "apply": "#2f9e44", "error": "#e03131"}
+USED_STYLE = "background:#ffd43b;border-left:4px solid #e67700"
+EMBEDDED_STYLE = "background:#e7f5ff;border-left:4px solid #74c0fc"
+
+
+def fmt_ms(ms: Optional[float]) -> str:
+    ms = ms or 0.0
+    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+
+
+def highlight_legend() -> str:
+    return (f'<div style="font-size:0.85rem;margin-bottom:4px">Playbook bullets in the prompt: '
+            f'<span style="{USED_STYLE};padding:1px 6px">used by the model</span> '
+            f'<span style="{EMBEDDED_STYLE};padding:1px 6px">embedded, not used</span></div>')
+
+
 def highlight_bullets(text: str, ids: set[str]) -> str:
-    """HTML of a prompt with the embedded playbook bullets marked (used ones stronger)."""
+    """HTML of a prompt with the embedded playbook bullets marked (the ones the model used stronger)."""
     out = []
+    inside = False
     for line in text.splitlines():
         esc = html.escape(line)
         m = re.match(r"\[([A-Za-z0-9_.-]+)\] helpful=", line)
         if m:
-            color = "#ffe08a" if m.group(1) in ids else "#fff4cc"
-            esc = f'<span style="background:{color}">{esc}</span>'
+            style = USED_STYLE if m.group(1) in ids else EMBEDDED_STYLE
+            esc = f'<span style="{style};display:inline-block;width:100%;padding-left:4px">{esc}</span>'
         elif line.startswith("**PLAYBOOK_"):
+            inside = line.startswith("**PLAYBOOK_BEGIN")
+            esc = f'<b style="color:#1864ab">{esc}</b>'
+        elif inside and line.startswith("#"):
             esc = f"<b>{esc}</b>"
         out.append(esc)
-    return ('<pre style="white-space:pre-wrap;font-size:0.85rem;max-height:420px;overflow:auto">'
-            + "\n".join(out) + "</pre>")
+    return ('<pre style="white-space:pre-wrap;font-size:0.85rem;max-height:420px;overflow:auto;'
+            'background:#f8f9fa;padding:8px;border-radius:4px">' + "\n".join(out) + "</pre>")
+
+
+def _step_label(e: Any) -> str:
+    role = (e.payload or {}).get("role")
+    name = f"{role} {e.kind}" if role and role not in e.kind else e.kind
+    return name + (f" · attempt {e.attempt}" if e.attempt else "")
 
 
 def timeline(evs: list[Any]) -> Optional[go.Figure]:
+    """One bar per timed step, on a shared clock, coloured by kind."""
     rows = [e for e in evs if e.duration_ms and e.kind != "output"]
     if not rows:
         return None
+
+    def start(e: Any) -> Any:
+        # an execute event is written when the run ends: its timestamp is the end, not the start
+        return e.started_at - timedelta(milliseconds=e.duration_ms) if e.kind == "execute" else e.started_at
+
+    t0 = min(start(e) for e in rows)
     fig = go.Figure()
     for e in rows:
-        start = e.started_at
-        fig.add_trace(go.Bar(x=[e.duration_ms], y=[f"{e.seq}. {e.kind}" + (f" #{e.attempt}" if e.attempt else "")],
-                             base=[(start - rows[0].started_at).total_seconds() * 1000], orientation="h",
-                             name=e.kind, showlegend=False, hovertemplate=f"{e.kind}: %{{x:.0f}} ms<extra></extra>"))
-    fig.update_layout(height=60 + 28 * len(rows), margin=dict(l=10, r=10, t=10, b=30), xaxis_title="ms from start",
-                      yaxis=dict(autorange="reversed"))
+        fig.add_trace(go.Bar(x=[e.duration_ms], y=[_step_label(e)], base=[(start(e) - t0).total_seconds() * 1000],
+                             orientation="h", marker_color=KIND_COLOR.get(e.kind, "#adb5bd"), showlegend=False,
+                             hovertemplate=f"{_step_label(e)}: {fmt_ms(e.duration_ms)}<extra></extra>"))
+    fig.update_layout(height=70 + 30 * len(rows), margin=dict(l=10, r=10, t=10, b=40), xaxis_title="ms from start",
+                      yaxis=dict(autorange="reversed", type="category"), font=dict(size=14))
     return fig
 
 
-def render_event(e: Any) -> None:
+def _retrieved_rows(p: dict[str, Any], used: set[str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in p["retrieved"]:
+        sc = dict(r.get("scores") or {})
+        filler = bool(sc.pop("fallback", 0))
+        rows.append({"bullet": r["id"], "used": r["id"] in used, "score": None if filler else r["score"],
+                     "why": "filler (no match)" if filler else "matched", **sc})
+    return rows
+
+
+def _op_line(op: dict[str, Any]) -> str:
+    t = op.get("type", "?")
+    if t == "TAG":
+        return f"- **TAG** `{op.get('bullet_id')}` → {op.get('tag')}"
+    if t == "REMOVE":
+        return f"- **REMOVE** `{op.get('bullet_id')}`"
+    if t == "MERGE":
+        ids = " + ".join(f"`{i}`" for i in op.get("bullet_ids") or [])
+        return f"- **MERGE** {ids} → {op.get('content') or ''}"
+    if t == "UPDATE":
+        return f"- **UPDATE** `{op.get('bullet_id')}` → {op.get('content') or ''}"
+    sec = f" _({op['section']})_" if op.get("section") else ""
+    return f"- **ADD**{sec} {op.get('content') or ''}"
+
+
+def render_event(e: Any, language: str = "python") -> None:
     p = e.payload or {}
-    label = f"{KIND_ICON.get(e.kind, '•')} {e.kind}" + (f" (attempt {e.attempt})" if e.attempt else "")
+    label = f"{KIND_ICON.get(e.kind, '•')} {_step_label(e)}"
     if e.duration_ms is not None:
-        label += f" · {e.duration_ms:.0f} ms"
+        label += f" · {fmt_ms(e.duration_ms)}"
     if e.kind == "route":
-        st.markdown(f"{label}: {p.get('reason', '')}; review **{p.get('review_mode', '-')}**, "
-                    f"sandbox **{p.get('backend', '-')}**")
+        text = f"{KIND_ICON['route']} route: {p.get('reason', '')}"
+        if p.get("mode") == "sandbox_only":
+            text += f"; sandbox **{p.get('backend', '-')}**, no model (run this code)"
+        elif p.get("backend"):
+            text += f"; review **{p.get('review_mode', '-')}**, sandbox **{p.get('backend', '-')}**"
+        st.markdown(text)
         return
     if e.kind == "error":
         st.error(f"{label}: {p.get('message')}")
@@ -126,52 +189,72 @@ def render_event(e: Any) -> None:
     with st.expander(label, expanded=e.kind in ("execute",)):
         if e.kind in ("generate", "review", "optimize"):
             used = set(p.get("bullet_ids") or [])
-            c1, c2 = st.columns(2)
-            c1.metric("prompt tokens", p.get("prompt_tokens", 0))
-            c2.metric("completion tokens", p.get("completion_tokens", 0))
+            st.markdown(f"**prompt tokens** {p.get('prompt_tokens', 0):,} · **completion tokens** "
+                        f"{p.get('completion_tokens', 0):,} · **bullets used** "
+                        + (", ".join(f"`{b}`" for b in sorted(used)) if used else "none"))
             if p.get("retrieved"):
-                st.caption("Retrieved bullets and why (scores)")
-                st.dataframe([{"id": r["id"], "used": r["id"] in used, "score": r["score"], **r.get("scores", {})}
-                              for r in p["retrieved"]], hide_index=True, width="stretch")
+                st.caption("Bullets retrieved into the prompt, with their ranking signals")
+                st.dataframe(_retrieved_rows(p, used), hide_index=True, width="stretch",
+                             column_config={c: st.column_config.NumberColumn(c, format="%.3f")
+                                            for c in ("score", "semantic", "lexical", "counters", "provenance")})
+            if any(re.search(r"^\[[A-Za-z0-9_.-]+\] helpful=", str(m.get("content", "")), re.M)
+                   for m in p.get("messages") or []):
+                st.html(highlight_legend())
             for m in p.get("messages") or []:
-                st.caption(m.get("role", ""))
+                st.caption(f"{m.get('role', '')} message")
                 st.html(highlight_bullets(str(m.get("content", "")), used))
             if p.get("reasoning"):
                 st.markdown(f"**Reasoning** {p['reasoning']}")
             if p.get("code"):
-                st.code(p["code"], language="python")
+                st.code(p["code"], language=language)
         elif e.kind == "execute":
             ex = p.get("execution") or {}
-            st.code(p.get("code", ""), language=p.get("language", "python"))
-            st.caption(f"isolation: {p.get('isolation', '?')} · exit {ex.get('exit_code')}"
-                       + (" · TIMED OUT" if ex.get("timed_out") else "") + (" · output truncated" if ex.get("truncated") else ""))
+            st.code(p.get("code", ""), language=p.get("language", language))
+            st.caption(f"exit {ex.get('exit_code')}" + (" · TIMED OUT" if ex.get("timed_out") else "")
+                       + (" · output truncated" if ex.get("truncated") else "")
+                       + f" · isolation: {p.get('isolation', '?')}")
             out, err = "".join(ex.get("logs", {}).get("stdout", [])), "".join(ex.get("logs", {}).get("stderr", []))
+            er = ex.get("error") or {}
+            if er:
+                st.error(f"{er.get('name')}: {er.get('value')}")
             if out:
-                st.text("stdout")
+                st.markdown("**stdout**")
                 st.code(out[-20000:], language="text")
             if err:
-                st.text("stderr")
+                st.markdown("**stderr**")
                 st.code(err[-20000:], language="text")
+            if er.get("traceback") and er["traceback"].strip() not in err:
+                st.markdown("**traceback**")
+                st.code(er["traceback"], language="text")
             for r in ex.get("results") or []:
                 if r.get("png"):
                     st.image(base64.b64decode(r["png"]))
-            if ex.get("error"):
-                er = ex["error"]
-                st.error(f"{er.get('name')}: {er.get('value')}")
-                if er.get("traceback"):
-                    st.code(er["traceback"], language="text")
         elif e.kind == "reflect":
             r = p.get("reflection") or {}
             for k in ("error_identification", "root_cause_analysis", "correct_approach", "key_insight"):
                 if r.get(k):
                     st.markdown(f"**{k.replace('_', ' ').capitalize()}**: {r[k]}")
+            tags = r.get("bullet_tags") or []
+            if tags:
+                st.markdown("**Bullets tagged**: " + ", ".join(f"`{t.get('id')}` {t.get('tag')}" for t in tags))
         elif e.kind == "curate":
-            for op in (p.get("curation") or {}).get("operations") or []:
-                st.markdown(f"- **{op['type']}** {op.get('bullet_id') or ''} {op.get('content') or ''}")
+            cur = p.get("curation") or {}
+            ops = cur.get("operations") or []
+            if cur.get("reasoning"):
+                st.caption(cur["reasoning"])
+            st.markdown("\n".join(_op_line(op) for op in ops) if ops else "No operations proposed.")
         elif e.kind == "apply":
-            st.json(p)
+            results = p.get("results") or []
+            if p.get("status") == "pending":
+                st.markdown(f"{p.get('operations', 0)} op(s) wait for review in delta `{p.get('delta_id')}`.")
+            elif p.get("version") is not None:
+                st.markdown(f"Applied {len(results)} op(s) as version **{p['version']}** (delta `{p.get('delta_id')}`): "
+                            + ", ".join(f"{r.get('type')} `{r.get('bullet_id')}`" for r in results))
+            for r in p.get("rejected") or []:
+                st.markdown(f"- not applied: {r}")
+            st.json(p, expanded=False)
         else:
-            st.json(p)
+            st.json(p, expanded=False)
 
 
 def render_trace(episode_id: str) -> None:
@@ -179,14 +262,21 @@ def render_trace(episode_id: str) -> None:
     if ep is None:
         st.info(f"No episode {episode_id}.")
         return
+    sandbox_only = ep.mode == "sandbox_only"
     st.markdown(f"#### {STATUS_ICON.get(ep.status, '')} {ep.status} · `{ep.id}`")
     st.markdown(f"**Task** {ep.task}")
-    c = st.columns(5)
-    c[0].metric("playbook", ep.playbook_id)
-    c[1].metric("attempts", f"{ep.attempts}/{ep.max_iterations}")
-    c[2].metric("tokens", ep.tokens)
-    c[3].metric("LLM time", f"{ep.llm_ms / 1000:.1f} s")
-    c[4].metric("sandbox time", f"{ep.sandbox_ms / 1000:.1f} s")
+    st.caption(f"playbook `{ep.playbook_id}` · {ep.language} · "
+               + ("run this code (no model)" if sandbox_only else f"model `{ep.model or '-'}` · review {ep.review_mode}")
+               + f" · created {ep.created_at:%Y-%m-%d %H:%M:%S}")
+    if sandbox_only:
+        c = st.columns(4)
+        c[0].metric("sandbox time", fmt_ms(ep.sandbox_ms))
+    else:
+        c = st.columns(4)
+        c[0].metric("attempts", f"{ep.attempts}/{ep.max_iterations}")
+        c[1].metric("tokens", f"{ep.tokens:,}")
+        c[2].metric("LLM time", fmt_ms(ep.llm_ms))
+        c[3].metric("sandbox time", fmt_ms(ep.sandbox_ms))
     if ep.status in ("queued", "running") and ep.job_id:
         if st.button("Cancel this episode", key=f"cancel-{ep.id}"):
             jobs.cancel(ep.job_id)
@@ -205,15 +295,22 @@ def render_trace(episode_id: str) -> None:
             if e.attempt not in executed:
                 live_output.setdefault(e.attempt or 0, []).append(e.payload.get("text", ""))
             continue
-        render_event(e)
+        render_event(e, ep.language)
     for attempt, chunks in live_output.items():
         st.caption(f"live output, attempt {attempt}")
         st.code("".join(chunks)[-20000:], language="text")
+    links: list[tuple[str, str, str, dict[str, str]]] = []
     if ep.delta_id:
-        st.page_link("pages/playbook.py", label=f"Review delta {ep.delta_id}", icon="📝",
-                     query_params={"playbook": ep.playbook_id, "delta": ep.delta_id})
+        d = views.delta_with_ops(ep.delta_id)
+        status = d.delta.status if d is not None else "?"
+        label = (f"Review delta {ep.delta_id}" if status == "pending"
+                 else f"Delta {ep.delta_id} ({status.replace('_', ' ')})")
+        links.append(("pages/playbook.py", label, "📝", {"playbook": ep.playbook_id, "delta": ep.delta_id}))
     if views.reflection_for(ep.id):
-        st.page_link("pages/reflection.py", label="Open the reflection", icon="🔍", query_params={"episode": ep.id})
+        links.append(("pages/reflection.py", "Open the reflection", "🔍", {"episode": ep.id}))
+    links.append(("pages/playbook.py", f"Playbook {ep.playbook_id}", "📒", {"playbook": ep.playbook_id}))
+    for col, (page, label, icon, params) in zip(st.columns(3), links):
+        col.page_link(page, label=label, icon=icon, query_params=params)
 
 
 def live_trace(episode_id: str) -> None:
