@@ -1,4 +1,7 @@
-"""Streamlit entry point: navigation over pages/, the status sidebar, the in-app worker."""
+"""Streamlit entry point: navigation over app_pages/, the status sidebar, the in-app worker.
+
+The folder is not called pages/: Streamlit would then run a page on its own
+(without this file) when a deep link is a new server's first request."""
 
 import streamlit as st
 
@@ -12,12 +15,12 @@ if get_settings().worker_in_app:
     jobs.ensure_background_worker()  # queued episodes run even with the browser closed
 
 pages = [
-    st.Page("pages/playground.py", title="Playground", icon="🧪", default=True),
-    st.Page("pages/trace.py", title="Execution trace", icon="🔎"),
-    st.Page("pages/reflection.py", title="Reflections", icon="🔍"),
-    st.Page("pages/playbook.py", title="Playbooks", icon="📒"),
-    st.Page("pages/learning.py", title="Learning curves", icon="📈"),
-    st.Page("pages/benchmarks.py", title="Benchmarks", icon="🏁"),
+    st.Page("app_pages/playground.py", title="Playground", icon="🧪", default=True),
+    st.Page("app_pages/trace.py", title="Execution trace", icon="🔎"),
+    st.Page("app_pages/reflection.py", title="Reflections", icon="🔍"),
+    st.Page("app_pages/playbook.py", title="Playbooks", icon="📒"),
+    st.Page("app_pages/learning.py", title="Learning curves", icon="📈"),
+    st.Page("app_pages/benchmarks.py", title="Benchmarks", icon="🏁"),
 ]
 nav = st.navigation(pages)
 sidebar_status()

@@ -69,4 +69,4 @@ with friendly_errors("show benchmark runs"):
                      title="Benchmarks: held-out pass rate, baseline vs ACE")
         fig.update_traces(textposition="outside")
         st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
-        st.page_link("pages/benchmarks.py", label="Benchmark details", icon="🏁")
+        st.page_link("app_pages/benchmarks.py", label="Benchmark details", icon="🏁")

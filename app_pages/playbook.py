@@ -122,7 +122,7 @@ with tab_review, friendly_errors("show pending deltas"):
             open_ops = [op for op in item.ops if op.decision == "pending"]
             h1, h2, h3 = st.columns([2, 1, 1], vertical_alignment="center")
             if d.episode_id:
-                h1.page_link("pages/trace.py", label="the episode's trace", icon="🔎",
+                h1.page_link("app_pages/trace.py", label="the episode's trace", icon="🔎",
                              query_params={"episode": d.episode_id})
             if len(open_ops) > 1:
                 h2.button(f"✅ Approve all {len(open_ops)}", key=f"approve-all-{d.id}", on_click=decide,
@@ -169,9 +169,9 @@ with tab_bullets, friendly_errors("show bullets"):
             with st.container(border=True):
                 st.markdown(f"**[{b.id}]** helpful={b.helpful} harmful={b.harmful} neutral={b.neutral} · {b.status}")
                 if b.source_episode_id:
-                    st.page_link("pages/trace.py", label=f"created by episode {b.source_episode_id}", icon="🔎",
+                    st.page_link("app_pages/trace.py", label=f"created by episode {b.source_episode_id}", icon="🔎",
                                  query_params={"episode": b.source_episode_id})
-                    st.page_link("pages/reflection.py", label="its reflection", icon="🔍",
+                    st.page_link("app_pages/reflection.py", label="its reflection", icon="🔍",
                                  query_params={"episode": b.source_episode_id})
                 for h in prov["history"]:
                     st.caption(f"{h['type']} in version {h['version']} ({h['source']}, delta {h['delta']})"

@@ -101,6 +101,6 @@ if run:
 episode_id = query_param("episode")
 if episode_id:
     st.divider()
-    st.page_link("pages/trace.py", label="Open in the trace viewer", icon="🔎", query_params={"episode": episode_id})
+    st.page_link("app_pages/trace.py", label="Open in the trace viewer", icon="🔎", query_params={"episode": episode_id})
     with friendly_errors("show the trace"):
         live_trace(episode_id)

@@ -27,7 +27,7 @@ with friendly_errors("load reflections"):
     if ep is not None:
         st.markdown(f"**Task** {ep.task}")
         st.caption(f"episode `{ep.id}` · {ep.status} · playbook `{ep.playbook_id}`")
-        st.page_link("pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
+        st.page_link("app_pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
     if refl is None:
         st.info("This episode has no reflection (yet).")
         st.stop()
@@ -50,5 +50,5 @@ with friendly_errors("load reflections"):
     for t in refl.bullet_tags:
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
         c1.markdown(f"{icons.get(t['tag'], '')} **{t['tag']}** `[{t['id']}]` {texts.get(t['id'], '(no such bullet)')}")
-        c2.page_link("pages/playbook.py", label="in the playbook", icon="📒",
+        c2.page_link("app_pages/playbook.py", label="in the playbook", icon="📒",
                      query_params={"playbook": refl.playbook_id, "bullet": t["id"]})

@@ -13,8 +13,8 @@ from core.models import Delta, DeltaOp
 from tests.scripted import add, cur, gen, refl
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["pages/playground.py", "pages/trace.py", "pages/reflection.py", "pages/playbook.py", "pages/learning.py",
-         "pages/benchmarks.py"]
+PAGES = ["app_pages/playground.py", "app_pages/trace.py", "app_pages/reflection.py", "app_pages/playbook.py", "app_pages/learning.py",
+         "app_pages/benchmarks.py"]
 
 
 def app(page: str | None = None, **params: str) -> AppTest:
@@ -50,9 +50,9 @@ def test_pages_on_an_empty_database(db_url, page: str) -> None:
 
 
 def test_empty_database_messages(db_url) -> None:
-    assert "No playbooks yet" in app("pages/playbook.py").info[0].value
-    assert "No episodes yet" in app("pages/trace.py").info[0].value
-    assert "No finished episodes" in app("pages/learning.py").info[0].value
+    assert "No playbooks yet" in app("app_pages/playbook.py").info[0].value
+    assert "No episodes yet" in app("app_pages/trace.py").info[0].value
+    assert "No finished episodes" in app("app_pages/learning.py").info[0].value
 
 
 def test_playground_without_llm_says_what_to_set(db_url) -> None:
@@ -69,21 +69,21 @@ def test_pages_on_a_populated_database(populated, page: str) -> None:
 
 
 def test_trace_shows_the_steps(populated) -> None:
-    at = app("pages/trace.py", episode=populated["episode"])
+    at = app("app_pages/trace.py", episode=populated["episode"])
     labels = [e.label for e in at.expander]
     assert any("generate" in l for l in labels) and any("execute" in l for l in labels)
     assert any("FAILED" in w.value for w in at.warning) and any("PASSED" in s.value for s in at.success)
 
 
 def test_reflection_page_shows_fields(populated) -> None:
-    at = app("pages/reflection.py", episode=populated["episode"])
+    at = app("app_pages/reflection.py", episode=populated["episode"])
     assert [h.value for h in at.subheader][:4] == ["Error identification", "Root cause analysis",
                                                   "Correct approach", "Key insight"]
     assert any("guard empty input" in m.value for m in at.markdown)
 
 
 def test_approve_creates_a_version(populated) -> None:
-    at = app("pages/playbook.py", playbook="stats", delta=populated["delta"])
+    at = app("app_pages/playbook.py", playbook="stats", delta=populated["delta"])
     with read_session() as s:
         op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
     before = P.get_playbook("stats").current_version
@@ -98,7 +98,7 @@ def test_approve_creates_a_version(populated) -> None:
 
 
 def test_reject_changes_the_database(populated) -> None:
-    at = app("pages/playbook.py", playbook="stats")
+    at = app("app_pages/playbook.py", playbook="stats")
     with read_session() as s:
         op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
     at.text_input(key=f"note-{op.oid}").set_value("too specific")
@@ -123,7 +123,7 @@ def test_sandbox_only_run_from_the_playground(db_url, monkeypatch) -> None:
 
 def test_version_diff_and_restore(populated) -> None:
     P.apply_delta("stats", [{"type": "REMOVE", "bullet_id": "b-00001"}])
-    at = app("pages/playbook.py", playbook="stats", diff="1..2")
+    at = app("app_pages/playbook.py", playbook="stats", diff="1..2")
     assert not at.exception
     v = P.get_playbook("stats").current_version
     at.selectbox(key="restore_pick").set_value(1)
@@ -138,12 +138,12 @@ def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
     run_id = bench.start_bench("python", epochs=1, split=0.5, limit=2, concurrency=1)
     jobs.run_worker(max_jobs=1, poll_s=0.05)
     assert bench.bench_progress(run_id)["status"] == "done"
-    at = app("pages/benchmarks.py", run=run_id)
+    at = app("app_pages/benchmarks.py", run=run_id)
     assert at.selectbox[-1].value == run_id
     charts = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Held-out test split" in c for c in charts)
     assert run_id in at.dataframe[0].value["run"].tolist()
-    learning = [c.proto.spec for c in app("pages/learning.py").get("plotly_chart")]
+    learning = [c.proto.spec for c in app("app_pages/learning.py").get("plotly_chart")]
     assert any("baseline vs ACE" in c for c in learning)
 
 

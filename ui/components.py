@@ -65,7 +65,7 @@ def sidebar_status() -> None:
         st.markdown(f"**Retrieval** {retrieval_label()}")
         n = views.count_pending()
         if n:
-            st.page_link("pages/playbook.py", label=f"{n} delta(s) waiting for review", icon="📝")
+            st.page_link("app_pages/playbook.py", label=f"{n} delta(s) waiting for review", icon="📝")
 
 
 def llm_missing_message() -> str:
@@ -305,10 +305,10 @@ def render_trace(episode_id: str) -> None:
         status = d.delta.status if d is not None else "?"
         label = (f"Review delta {ep.delta_id}" if status == "pending"
                  else f"Delta {ep.delta_id} ({status.replace('_', ' ')})")
-        links.append(("pages/playbook.py", label, "📝", {"playbook": ep.playbook_id, "delta": ep.delta_id}))
+        links.append(("app_pages/playbook.py", label, "📝", {"playbook": ep.playbook_id, "delta": ep.delta_id}))
     if views.reflection_for(ep.id):
-        links.append(("pages/reflection.py", "Open the reflection", "🔍", {"episode": ep.id}))
-    links.append(("pages/playbook.py", f"Playbook {ep.playbook_id}", "📒", {"playbook": ep.playbook_id}))
+        links.append(("app_pages/reflection.py", "Open the reflection", "🔍", {"episode": ep.id}))
+    links.append(("app_pages/playbook.py", f"Playbook {ep.playbook_id}", "📒", {"playbook": ep.playbook_id}))
     for col, (page, label, icon, params) in zip(st.columns(3), links):
         col.page_link(page, label=label, icon=icon, query_params=params)
 
