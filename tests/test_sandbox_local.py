@@ -88,6 +88,14 @@ def test_matplotlib_figures_become_png_results(sb):
         assert base64.b64decode(result.png).startswith(b"\x89PNG")
 
 
+def test_figures_are_returned_when_the_code_picks_the_agg_backend(sb):
+    code = ("import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+            "plt.plot([0, 1], [1, 0])\nplt.show()\n")
+    ex = sb.run(code, timeout=60)
+    assert ex.ok, ex.stderr
+    assert len(ex.results) == 1 and base64.b64decode(ex.results[0].png).startswith(b"\x89PNG")
+
+
 def test_streaming_callbacks_arrive_live(sb):
     seen: list[tuple[float, str, str]] = []
     start = time.monotonic()

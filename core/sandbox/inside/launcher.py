@@ -51,6 +51,17 @@ def save_figures() -> None:
     backend = sys.modules.get("ace_mpl_backend")
     if backend is not None:
         backend.flush_figures()
+    elif "matplotlib.pyplot" in sys.modules:  # the code chose another backend, e.g. matplotlib.use("Agg")
+        import base64
+        import io
+
+        from matplotlib._pylab_helpers import Gcf
+
+        for manager in Gcf.get_all_fig_managers():
+            buf = io.BytesIO()
+            manager.canvas.figure.savefig(buf, format="png")
+            emit({"type": "result", "png": base64.b64encode(buf.getvalue()).decode()})
+        Gcf.destroy_all()
 
 
 def report_error(exc: BaseException, tb_text: str) -> None:
