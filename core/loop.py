@@ -324,12 +324,14 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
                        else f"failed after {len(attempts)} attempts")
             step = "reflect"
             learned = reflect_and_curate(trace, roles, ep, spec.task, attempts, used, spec.ground_truth,  # type: ignore[arg-type]
-                                         outcome, totals, job_id)
+                                         outcome, totals, job_id,
+                                         finish={"status": "succeeded" if passed else "failed", "success": passed})
             result.delta_id, result.version = learned["delta_id"], learned["version"]
             result.reflection, result.curation = learned["reflection"], learned["curation"]
         result.status = "succeeded" if passed else "failed"
-        _update_episode(ep.id, status=result.status, success=passed, finished_at=utcnow(), tokens=totals["tokens"],
-                        llm_ms=totals["llm_ms"], sandbox_ms=totals["sandbox_ms"])
+        if not (spec.mode == "llm" and spec.learn):  # when learning, the apply step already finished the episode
+            _update_episode(ep.id, status=result.status, success=passed, finished_at=utcnow(),
+                            tokens=totals["tokens"], llm_ms=totals["llm_ms"], sandbox_ms=totals["sandbox_ms"])
     except jobs.Cancelled:
         trace.emit("error", {"step": step, "message": "cancelled by request"})
         result.status, result.error = "cancelled", "cancelled by request"
@@ -371,8 +373,11 @@ def _load_episode(episode_id: str) -> Episode:
 def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attempts: list[Attempt],
                        used: list[str], ground_truth: Optional[str], outcome: str, totals: dict[str, float],
                        job_id: Optional[str] = None, reflector_instructions: str = "",
-                       curator_instructions: str = "") -> dict[str, Any]:
-    """The learning half: reflection on real feedback, then a delta (applied or pending)."""
+                       curator_instructions: str = "", finish: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The learning half: reflection on real feedback, then a delta (applied or pending).
+
+    `finish`: episode fields to set with the apply event (the episode's final state), saving a write.
+    """
     rows: list[Any] = []
     with _step_name("reflect"), trace.step("reflect", rows=rows) as p:
         refl = roles.reflector.reflect(task, attempts, _used_bullets_text(ep.playbook_id, used), ground_truth, ep.id,
@@ -409,6 +414,9 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
         delta_id, applied = submit_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id,
                                          source="curator", auto=auto)
         ep_update["delta_id"] = delta_id
+        if finish is not None:
+            ep_update.update(finish, finished_at=utcnow(), tokens=totals["tokens"], llm_ms=totals["llm_ms"],
+                             sandbox_ms=totals["sandbox_ms"])
         status = "empty" if not ops else ("applied" if applied is not None else "pending")
         version = applied.version if applied is not None else None
         p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops), status=status, version=version)
