@@ -18,6 +18,7 @@ PORT = 49999
 
 class _Handler(BaseHTTPRequestHandler):
     server: "FakeE2bServer"
+    disable_nagle_algorithm = True  # no delayed-ACK stall between a response's writes
 
     def log_message(self, format: str, *args: object) -> None:
         return None
