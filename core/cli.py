@@ -5,7 +5,6 @@ Exit codes: 0 success, 1 the task failed its tests, 2 bad usage or input,
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional

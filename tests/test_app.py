@@ -1,5 +1,6 @@
 """Every page in AppTest, on an empty and on a populated database."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,14 @@ def test_sandbox_only_run_from_the_playground(db_url, monkeypatch) -> None:
     at.text_area(key="expected").set_value("hi from the sandbox")
     at.button[-1].click().run()  # Run
     assert not at.exception
-    assert at.query_params.get("episode")
+    from core import views
+
+    ep = views.get_episode(at.query_params["episode"])
+    assert ep is not None and ep.mode == "sandbox_only" and ep.code == "print('hi from the sandbox')"
+    deadline = time.monotonic() + 60  # the in-app worker runs it in the background
+    while views.get_episode(ep.id).status in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert views.get_episode(ep.id).status == "succeeded"
 
 
 def test_version_diff_and_restore(populated) -> None:

@@ -1,7 +1,6 @@
 """The core loop end to end: the real sandbox, a real SQLite file, the real
 openai client against the fake OpenAI-compatible server."""
 
-import pytest
 from sqlmodel import select
 
 from core import playbook as P

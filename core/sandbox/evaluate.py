@@ -141,9 +141,8 @@ def evaluate(
     if tests and language in ("python", "py"):
         try:
             program = code + "\n\n" + instrument_tests(tests, entry_point)
-        except SyntaxError as exc:
+        except SyntaxError:
             program = code + "\n\n" + tests  # let the run report the syntax error
-            del exc
     elif tests:
         program = code + "\n\n" + tests
     else:
