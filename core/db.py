@@ -7,13 +7,13 @@ read-modify-write on the same playbook; readers never block.
 """
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from typing import Any
 
-from sqlalchemy import Connection, event, insert
+from sqlalchemy import Connection, Table, event, insert, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -95,6 +95,13 @@ def read_session(url: str | None = None) -> Iterator[Session]:
         yield session
 
 
+def _write_lock(engine: Engine) -> AbstractContextManager[object]:
+    if not is_sqlite(engine):
+        return nullcontext()
+    with _lock:
+        return _write_locks.setdefault(str(engine.url), threading.RLock())
+
+
 @contextmanager
 def write_session(url: str | None = None) -> Iterator[Session]:
     """A transaction that holds the write lock from its first statement.
@@ -103,13 +110,8 @@ def write_session(url: str | None = None) -> Iterator[Session]:
     half-applied change.
     """
     engine = get_engine(url)
-    if is_sqlite(engine):
-        with _lock:
-            lock: AbstractContextManager[object] = _write_locks.setdefault(str(engine.url), threading.RLock())
-        bound = engine.execution_options(immediate=True)
-    else:
-        lock, bound = nullcontext(), engine
-    with lock, Session(bound, expire_on_commit=False) as session:
+    bound = engine.execution_options(immediate=True) if is_sqlite(engine) else engine
+    with _write_lock(engine), Session(bound, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
@@ -118,15 +120,111 @@ def write_session(url: str | None = None) -> Iterator[Session]:
             raise
 
 
-def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
-    """Insert new table rows with Core statements (no identity map): for hot append-only paths."""
-    by_table: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        table = type(row).__table__  # type: ignore[attr-defined]
-        values = {c.name: getattr(row, c.name) for c in table.columns}
-        for c in table.primary_key.columns:
-            if values.get(c.name) is None:
-                values.pop(c.name, None)
-        by_table.setdefault(table, []).append(values)
-    for table, values in by_table.items():
-        conn.execute(insert(table), values)
+# ----------------------------------------------------------- the hot write path
+#
+# The loop writes a trace event per step and the runner a few rows per task.
+# Through a Session each such transaction costs about 0.8 ms of Python; the
+# same statements through the DBAPI connection cost under 0.1 ms. `row_writer`
+# keeps SQLAlchemy's own column types (aware UTC datetimes, JSON, booleans) by
+# running their bind processors, so the rows read back exactly as ORM writes.
+
+
+class RowWriter:
+    """Plain INSERT / UPDATE statements on one open transaction, typed by the table's columns."""
+
+    _procs: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def __init__(self, conn: Any, dialect: Any, core: Connection | None = None):
+        self.conn, self.dialect, self.core = conn, dialect, core
+
+    def _processors(self, table: Table) -> dict[str, Any]:
+        key = (id(self.dialect), table.name)
+        procs = self._procs.get(key)
+        if procs is None:
+            procs = {c.name: c.type.bind_processor(self.dialect) for c in table.columns}
+            self._procs[key] = procs
+        return procs
+
+    def _values(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+        procs = self._processors(table)
+        out = {}
+        for name, v in values.items():
+            proc = procs[name]  # KeyError: not a column of this table
+            out[name] = proc(v) if proc is not None and v is not None else v
+        return out
+
+    def insert(self, table: Table, rows: Iterable[dict[str, Any] | SQLModel]) -> None:
+        """Insert rows given as column dicts or new table objects (whose defaults are already filled)."""
+        by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            values = row if isinstance(row, dict) else _row_values(row)
+            by_cols.setdefault(tuple(values), []).append(values)
+        for cols, group in by_cols.items():
+            if self.core is not None:
+                self.core.execute(insert(table), group)
+                continue
+            sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            self.conn.executemany(sql, [tuple(self._values(table, v).values()) for v in group])
+
+    def add(self, rows: Iterable[SQLModel]) -> None:
+        """Insert new table objects, of any tables, grouped into one statement per table."""
+        by_table: dict[Table, list[SQLModel]] = {}
+        for row in rows:
+            by_table.setdefault(type(row).__table__, []).append(row)  # type: ignore[attr-defined]
+        for table, group in by_table.items():
+            self.insert(table, group)
+
+    def update(self, table: Table, where: dict[str, Any], values: dict[str, Any]) -> int:
+        """UPDATE table SET values WHERE each `where` column equals its value; the rows changed."""
+        if not values:
+            return 0
+        if self.core is not None:
+            stmt = update(table).values(**values)
+            for k, v in where.items():
+                stmt = stmt.where(table.c[k] == v)
+            return int(self.core.execute(stmt).rowcount)
+        vals, keys = self._values(table, values), self._values(table, where)
+        sql = (f"UPDATE {table.name} SET {', '.join(f'{k} = ?' for k in vals)} "
+               f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
+        return int(self.conn.execute(sql, (*vals.values(), *keys.values())).rowcount)
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """One value from a query written with `?` placeholders."""
+        if self.core is not None:
+            names = {f"p{i}": v for i, v in enumerate(params)}
+            for i in range(len(params)):
+                sql = sql.replace("?", f":p{i}", 1)
+            return self.core.execute(text(sql), names).scalar()
+        row = self.conn.execute(sql, tuple(params)).fetchone()
+        return row[0] if row is not None else None
+
+
+def _row_values(row: SQLModel) -> dict[str, Any]:
+    table = type(row).__table__  # type: ignore[attr-defined]
+    values = {c.name: getattr(row, c.name) for c in table.columns}
+    for c in table.primary_key.columns:
+        if values.get(c.name) is None:
+            values.pop(c.name, None)
+    return values
+
+
+@contextmanager
+def row_writer(url: str | None = None) -> Iterator[RowWriter]:
+    """A write transaction for hot append-only paths: committed on success, rolled back on any error."""
+    engine = get_engine(url)
+    if not is_sqlite(engine):
+        with write_session(url) as s:
+            yield RowWriter(None, engine.dialect, core=s.connection())
+        return
+    with _write_lock(engine):
+        conn = engine.raw_connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield RowWriter(conn, engine.dialect)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()

@@ -21,11 +21,11 @@ from sqlmodel import select
 
 from core import jobs
 from core.config import Settings, get_settings
-from core.db import insert_rows, read_session, write_session
+from core.db import read_session, row_writer, write_session
 from core.models import Delta, Episode, Event, Reflection, utcnow
 from core.ops import OpIn
-from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, render, retrieve,
-                           submit_delta)
+from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, get_or_create_playbook,
+                           render, retrieve, submit_delta)
 from core.roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
 from core.llm import deferred_call_log
 from core.routing import route
@@ -105,6 +105,10 @@ def _step_name(step: str) -> Iterator[None]:
         raise StepError(step, exc) from exc
 
 
+_EVENTS = Event.__table__  # type: ignore[attr-defined]
+_EPISODES = Episode.__table__  # type: ignore[attr-defined]
+
+
 class Trace:
     """Writes events for one episode as they happen."""
 
@@ -116,18 +120,13 @@ class Trace:
              duration_ms: Optional[float] = None, started_at: Any = None,
              episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
         """Append an event; in the same transaction update the episode and add `rows`."""
-        with self._lock, write_session() as s:
-            # Core statements, not the ORM unit of work: this runs several times per episode.
-            conn = s.connection()
-            seq = conn.execute(select(func.coalesce(func.max(Event.seq), 0))
-                               .where(Event.episode_id == self.episode_id)).scalar_one()
-            conn.execute(insert(Event.__table__), {  # type: ignore[arg-type]
-                "episode_id": self.episode_id, "seq": int(seq) + 1, "kind": kind, "attempt": attempt,
-                "payload": payload, "started_at": started_at or utcnow(), "duration_ms": duration_ms})
-            insert_rows(conn, rows or ())
+        with self._lock, row_writer() as w:
+            seq = w.scalar("SELECT coalesce(max(seq), 0) FROM event WHERE episode_id = ?", (self.episode_id,))
+            w.insert(_EVENTS, [{"episode_id": self.episode_id, "seq": int(seq) + 1, "kind": kind, "attempt": attempt,
+                                "payload": payload, "started_at": started_at or utcnow(), "duration_ms": duration_ms}])
+            w.add(rows or ())
             if episode:
-                conn.execute(update(Episode.__table__).where(Episode.__table__.c.id == self.episode_id)  # type: ignore[attr-defined]
-                             .values(**episode))
+                w.update(_EPISODES, {"id": self.episode_id}, episode)
         if self.sink is not None:
             self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
 
@@ -186,13 +185,8 @@ class OutputStream:
 
 
 def _update_episode(episode_id: str, **values: Any) -> None:
-    with write_session() as s:
-        ep = s.get(Episode, episode_id)
-        if ep is None:
-            return
-        for k, v in values.items():
-            setattr(ep, k, v)
-        s.add(ep)
+    with row_writer() as w:
+        w.update(_EPISODES, {"id": episode_id}, values)
 
 
 def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
@@ -204,18 +198,17 @@ def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: 
     else:
         r = route(spec.task, spec.language)
         env, reason, pid = r.environment, r.reason, r.environment
-    with write_session() as s:
-        pb = _ensure_playbook(s, pid, environment=env)
-        ep = Episode(playbook_id=pb.id, task=spec.task, language=spec.language, tests=spec.tests,
-                     expected_output=spec.expected_output, ground_truth=spec.ground_truth, mode=spec.mode,
-                     max_iterations=spec.max_iterations or settings.max_iterations,
-                     review_mode=spec.review_mode or pb.review_mode or settings.review_mode,
-                     routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
-                     model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
-                     bench_run_id=spec.bench_run_id)
-        s.add(ep)
-        s.flush()
-        return ep
+    pb = get_or_create_playbook(pid, environment=env)
+    ep = Episode(playbook_id=pb.id, task=spec.task, language=spec.language, tests=spec.tests,
+                 expected_output=spec.expected_output, ground_truth=spec.ground_truth, mode=spec.mode,
+                 max_iterations=spec.max_iterations or settings.max_iterations,
+                 review_mode=spec.review_mode or pb.review_mode or settings.review_mode,
+                 routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
+                 model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
+                 bench_run_id=spec.bench_run_id)
+    with row_writer() as w:  # a plain INSERT: this runs once per benchmark task
+        w.add([ep])
+    return ep
 
 
 def submit_episode(spec: TaskSpec) -> tuple[str, str]:
@@ -256,7 +249,7 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     settings = settings or get_settings()
     ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
     trace = Trace(ep.id, on_event)
-    learned = learned_delta(ep)
+    learned = learned_delta(ep) if episode_id else None  # a new episode has learned nothing yet
     if learned:  # a retried job whose first run already learned: do not learn twice
         return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
     trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,

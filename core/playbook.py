@@ -189,9 +189,10 @@ class _Applier:
         self.touched, self.tokens_before, self.count_change, self.cache = (dict(state[0]), dict(state[1]),
                                                                            state[2], dict(state[3]))
 
-    def preload(self, ops: Sequence[OpIn]) -> None:
-        """Fetch every bullet the ops name in one query instead of one (plus an autoflush) each."""
-        self.cache.update(_load_bullets(self.s, self.pb.id, _named_ids(ops)))
+    def preload(self, ops: Sequence[OpIn], known: Optional[dict[str, Bullet]] = None) -> None:
+        """Fetch every bullet the ops name in one query instead of one (plus an autoflush) each;
+        `known`: those bullets, when the caller has just loaded them."""
+        self.cache.update(known if known is not None else _load_bullets(self.s, self.pb.id, _named_ids(ops)))
 
     def _touch(self, b: Bullet) -> None:
         """Remember a bullet's rendered size before its first change."""
@@ -274,8 +275,9 @@ class _Applier:
     def finish(self, summary: str) -> int:
         """Write revisions of everything touched and the new version."""
         pb = self.pb
-        prev = self.s.exec(select(PlaybookVersion).where(
-            PlaybookVersion.playbook_id == pb.id, PlaybookVersion.number == pb.current_version)).one()
+        prev_count, prev_tokens = self.s.connection().execute(
+            select(PlaybookVersion.bullet_count, PlaybookVersion.token_count).where(
+                PlaybookVersion.playbook_id == pb.id, PlaybookVersion.number == pb.current_version)).one()
         number = pb.current_version + 1
         token_delta = 0
         self.s.flush()  # gives new bullets their pk
@@ -286,8 +288,8 @@ class _Applier:
                                       harmful=b.harmful, neutral=b.neutral, status=b.status))
         self.s.add(PlaybookVersion(playbook_id=pb.id, number=number, parent=pb.current_version,
                                    delta_id=self.delta_id, summary=summary[:500],
-                                   bullet_count=prev.bullet_count + self.count_change,
-                                   token_count=max(0, prev.token_count + token_delta)))
+                                   bullet_count=prev_count + self.count_change,
+                                   token_count=max(0, prev_tokens + token_delta)))
         pb.current_version = number
         pb.modified_at = utcnow()
         self.s.add(pb)
@@ -334,9 +336,12 @@ def _load_bullets(s: Session, playbook_id: str, ids: set[str]) -> dict[str, Bull
         return {b.id: b for b in rows}
 
 
-def _store_ops(s: Session, delta: Delta, ops: Sequence[OpIn]) -> list[DeltaOp]:
+def _store_ops(s: Session, delta: Delta, ops: Sequence[OpIn],
+               known: Optional[dict[str, Bullet]] = None) -> list[DeltaOp]:
+    """The ops as pending rows; `known`: the bullets they name, loaded here when not given."""
     rows = []
-    known = _load_bullets(s, delta.playbook_id, _named_ids(ops))
+    if known is None:
+        known = _load_bullets(s, delta.playbook_id, _named_ids(ops))
     for i, op in enumerate(ops):
         before = None
         if op.bullet_id:
@@ -379,9 +384,10 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
                       status="applied", base_version=pb.current_version, decided_at=utcnow())
         s.add(delta)
         s.flush()
-        rows = _store_ops(s, delta, op_list)
+        known = _load_bullets(s, pb.id, _named_ids(op_list))
+        rows = _store_ops(s, delta, op_list, known)
         ap = _Applier(s, pb, episode_id, delta.id)
-        ap.preload(op_list)
+        ap.preload(op_list, known)
         results = []
         for i, (op, row) in enumerate(zip(op_list, rows)):
             res = ap.apply(i, op)
@@ -399,20 +405,20 @@ def propose_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reason
 
 
 def _store_delta(s: Session, playbook_id: str, op_list: list[OpIn], reasoning: str, episode_id: Optional[str],
-                 source: str) -> Delta:
+                 source: str, known: Optional[dict[str, Bullet]] = None) -> tuple[Delta, list[DeltaOp]]:
     pb = _ensure_playbook(s, playbook_id)
     delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
                   base_version=pb.current_version)
     s.add(delta)
     s.flush()
-    _store_ops(s, delta, op_list)
+    rows = _store_ops(s, delta, op_list, known)
     if not op_list:
         delta.status, delta.decided_at = "rejected", utcnow()
-    return delta
+    return delta, rows
 
 
-def _settle(s: Session, delta: Delta) -> None:
-    rows = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id)))
+def _settle(s: Session, delta: Delta, rows: Sequence[DeltaOp]) -> None:
+    """The delta's status from the decisions on all of its ops (`rows`)."""
     decisions = {r.decision for r in rows}
     if "pending" in decisions and rows:
         delta.status = "pending"
@@ -459,10 +465,14 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
     r, op_list = _as_ops(ops)
     _prewarm_dedup(op_list)
     with write_session() as s:
-        delta = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source)
+        pb = _ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
+        known = _load_bullets(s, pb.id, _named_ids(op_list))
+        delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)
         if not auto or not op_list:
             return delta.id, None
-        return delta.id, _decide(s, delta, _all_pending(s, delta.id), "auto", lenient=True)
+        # the rows just stored are the pending ops: no need to read them back
+        return delta.id, _decide(s, delta, [Decision(r.oid, True) for r in rows], "auto",  # type: ignore[arg-type]
+                                 lenient=True, rows=rows, known=known)
 
 
 def _all_pending(s: Session, delta_id: str) -> list[Decision]:
@@ -470,18 +480,22 @@ def _all_pending(s: Session, delta_id: str) -> list[Decision]:
     return [Decision(oid, True) for oid in s.exec(stmt.order_by(DeltaOp.seq))]  # type: ignore[arg-type]
 
 
-def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str, lenient: bool) -> ApplyResult:
+def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str, lenient: bool,
+            rows: Optional[Sequence[DeltaOp]] = None, known: Optional[dict[str, Bullet]] = None) -> ApplyResult:
     """Apply the approved ops as one version. Lenient: an op that cannot apply is
-    rolled back alone (a savepoint) and rejected with the reason; strict: it raises."""
+    rolled back alone (a savepoint) and rejected with the reason; strict: it raises.
+    `rows`: all of the delta's ops, when the caller already holds them."""
     pb = _ensure_playbook(s, delta.playbook_id)
-    rows = {r.oid: r for r in s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id))}
+    if rows is None:
+        rows = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id)))
+    by_oid = {r.oid: r for r in rows}
     ap = _Applier(s, pb, delta.episode_id, delta.id)
-    ap.preload([_row_to_op(rows[d.op_id]) for d in decisions if d.approve and d.op_id in rows])
+    ap.preload([_row_to_op(by_oid[d.op_id]) for d in decisions if d.approve and d.op_id in by_oid], known)
     results: list[OpResult] = []
     rejected: list[tuple[int, str]] = []
     now = utcnow()
     for d in decisions:
-        row = rows.get(d.op_id)
+        row = by_oid.get(d.op_id)
         if row is None:
             raise DeltaError(f"op id {d.op_id} is not part of delta {delta.id}")
         if row.decision != "pending":
@@ -499,10 +513,11 @@ def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str,
         op = _row_to_op(row)
         before = row.before if row.type == "UPDATE" else None
         if lenient:
+            # apply() checks an op completely before it changes any row, so a rejected op leaves
+            # nothing to roll back (no savepoint: each one would flush the session first)
             state = ap.snapshot()
             try:
-                with s.begin_nested():
-                    res = ap.apply(row.seq, op, before=before)
+                res = ap.apply(row.seq, op, before=before)
             except DeltaError as exc:
                 ap.restore(state)
                 row.decision, row.decided_by, row.decided_at = "rejected", actor, now
@@ -517,7 +532,7 @@ def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str,
     version = ap.finish(_summary(results)) if results else None
     if version is not None:
         delta.version = version
-    _settle(s, delta)
+    _settle(s, delta, rows)
     return ApplyResult(delta.id, version, results, rejected)
 
 

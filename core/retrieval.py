@@ -524,6 +524,7 @@ class _LexIndex:
         self.extra_n = 0
         self.df_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # term -> (slots, BM25 tf part)
         self._fallback_order: Optional[np.ndarray] = None
+        self.bullets: dict[int, Bullet] = {}  # pk -> detached Bullet at this version, filled as results need them
 
     @property
     def n_alive(self) -> int:
@@ -590,6 +591,7 @@ class _LexIndex:
         for r in rows:
             pk = int(r[0])
             self.sig[pk] = tuple(r[1:8])
+            self.bullets.pop(pk, None)
             old = self.slot_of.pop(pk, None)
             if old is not None:
                 self.alive[old] = False
@@ -828,18 +830,42 @@ def _provenance_texts(session: Session, episode_ids: Sequence[Optional[str]]) ->
     return {r[0]: r[1] for r in rows}
 
 
-def _bullets_by_pk(conn, pks: Sequence[int]) -> dict[int, Bullet]:  # type: ignore[no-untyped-def]
-    """Active bullets by pk through one plain SELECT: detached Bullet objects without ORM loading."""
+def _bullets_by_pk(conn, pks: Sequence[int], idx: Optional[_LexIndex] = None,  # type: ignore[no-untyped-def]
+                   version: Optional[int] = None) -> dict[int, Bullet]:
+    """Active bullets by pk: detached Bullet objects, built without ORM loading.
+
+    With the lexical index at `version`, bullets come from (and go into) its
+    per-version cache, so repeated queries on an unchanged playbook build no
+    objects at all. Cached bullets are shared between callers: read them, never
+    change them.
+    """
     if not pks:
         return {}
-    rows = conn.execute(select(_BULLET_TABLE).where(_BULLET_TABLE.c.pk.in_([int(p) for p in pks]),
+    use_cache = idx is not None and version is not None
+    out: dict[int, Bullet] = {}
+    if use_cache:
+        with idx.lock:  # type: ignore[union-attr]
+            if idx.version == version:  # type: ignore[union-attr]
+                cached = idx.bullets  # type: ignore[union-attr]
+                out = {int(p): cached[int(p)] for p in pks if int(p) in cached}
+            else:
+                use_cache = False
+    missing = [int(p) for p in pks if int(p) not in out]
+    if not missing:
+        return out
+    rows = conn.execute(select(_BULLET_TABLE).where(_BULLET_TABLE.c.pk.in_(missing),
                                                     _BULLET_TABLE.c.status == "active")).all()
-    out = {}
+    fresh = {}
     for r in rows:
         b = _new_bullet()
         b.__dict__.update(zip(_BULLET_COLS, r))
         make_transient_to_detached(b)
-        out[int(b.pk)] = b  # type: ignore[arg-type]
+        fresh[int(b.pk)] = b  # type: ignore[arg-type]
+    if use_cache:
+        with idx.lock:  # type: ignore[union-attr]
+            if idx.version == version:  # type: ignore[union-attr]
+                idx.bullets.update(fresh)  # type: ignore[union-attr]
+    out.update(fresh)
     return out
 
 
@@ -878,24 +904,24 @@ def search(playbook_id: str, query: str, k: int, weights: RankWeights,
             sc = {"semantic": 0.0, "lexical": lex_norm[pk], "counters": cnt, "provenance": prov}
             scored[pk] = (weights.lexical * sc["lexical"] + weights.counters * cnt + weights.provenance * prov, sc)
         best = sorted(scored.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
-        bullets = _bullets_by_pk(conn, [pk for pk, _ in best])
+        bullets = _bullets_by_pk(conn, [pk for pk, _ in best], lex_idx, int(version))
         out = [Retrieved(bullets[pk], sc, d) for pk, (sc, d) in best if pk in bullets]
         if len(out) < k:
             seen = {r.bullet.pk for r in out}
             if lex_idx is not None:
-                out += _fallback_fast(conn, lex_idx, seen, k - len(out), weights)
+                out += _fallback_fast(conn, lex_idx, int(version), seen, k - len(out), weights)
             else:
                 out += _fallback(s, playbook_id, seen, k - len(out), weights)
     return out
 
 
-def _fallback_fast(conn, idx: _LexIndex, seen: set[Optional[int]], n: int,  # type: ignore[no-untyped-def]
+def _fallback_fast(conn, idx: _LexIndex, version: int, seen: set[Optional[int]], n: int,  # type: ignore[no-untyped-def]
                    weights: RankWeights) -> list[Retrieved]:
     """`_fallback` from the cached counters: the best-rated live bullets not already chosen."""
     with idx.lock:
         order = idx.fallback_order()
         pks = [int(p) for p in idx.pks[order[:n + len(seen)]] if int(p) not in seen][:n]
-    bullets = _bullets_by_pk(conn, pks)
+    bullets = _bullets_by_pk(conn, pks, idx, version)
     out = []
     for pk in pks:
         b = bullets.get(pk)

@@ -245,3 +245,30 @@ def test_bad_import_files_change_nothing(pb: str, data: bytes, message: str) -> 
     with pytest.raises(DeltaError, match=message):
         X.import_playbook(pb, data)
     assert texts(pb) == before
+
+
+def test_auto_mode_rejects_bad_ops_without_touching_the_rows_they_name(pb: str) -> None:
+    """Lenient apply has no savepoints: a rejected op must be refused before it changes anything."""
+    before = {b.id: (b.content, b.helpful, b.status) for b in P.active_bullets(pb)}
+    did, res = P.submit_delta(pb, [
+        {"type": "MERGE", "bullet_ids": ["py-00001", "py-00404"], "content": "merged"},  # one source is unknown
+        {"type": "UPDATE", "bullet_id": "py-00999", "content": "no such bullet"},
+        {"type": "TAG", "bullet_id": "py-00003", "tag": "helpful"},
+    ], auto=True)
+    assert res is not None and [x.type for x in res.results] == ["TAG"] and len(res.rejected) == 2
+    after = {b.id: (b.content, b.helpful, b.status) for b in P.active_bullets(pb)}
+    assert after["py-00001"] == before["py-00001"] and after["py-00002"] == before["py-00002"]
+    assert after["py-00003"][1] == before["py-00003"][1] + 1
+    assert len(after) == len(before)  # no merged bullet was left behind
+
+
+def test_retrieve_sees_each_new_version_of_a_bullet(pb: str) -> None:
+    """Retrieval keeps bullets per playbook version in memory; a change must never serve the old row."""
+    first = {h.bullet.id: h.bullet for h in P.retrieve(pb, "integer division", 3)}
+    assert first["py-00001"].content.startswith("Integer division")
+    P.apply_delta(pb, [{"type": "UPDATE", "bullet_id": "py-00001", "content": "Integer division: // floors"},
+                       {"type": "TAG", "bullet_id": "py-00001", "tag": "harmful"}])
+    again = {h.bullet.id: h.bullet for h in P.retrieve(pb, "integer division", 3)}
+    assert again["py-00001"].content == "Integer division: // floors" and again["py-00001"].harmful == 1
+    P.apply_delta(pb, [{"type": "REMOVE", "bullet_id": "py-00001"}])
+    assert "py-00001" not in {h.bullet.id for h in P.retrieve(pb, "integer division", 3)}

@@ -1,0 +1,52 @@
+"""The hot write path (`row_writer`) must store exactly what the ORM would, and nothing on failure."""
+
+from datetime import timezone
+
+import pytest
+from sqlmodel import func, select
+
+from core import db
+from core.loop import TaskSpec, create_episode
+from core.models import Episode, Event, LLMCall, utcnow
+
+
+def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
+    ep = create_episode(TaskSpec(task="t", playbook_id="p"))
+    when = utcnow()
+    with db.row_writer() as w:
+        w.insert(Event.__table__, [{"episode_id": ep.id, "seq": 1, "kind": "route", "attempt": None,
+                                    "payload": {"a": [1, "é", None], "b": {"c": 1.5}}, "started_at": when,
+                                    "duration_ms": 2.5}])
+        w.add([LLMCall(episode_id=ep.id, role="generator", model="m", messages=[{"role": "user", "content": "x"}],
+                       response="r", prompt_tokens=3, completion_tokens=4, latency_ms=1.0, mode="json_schema")])
+        assert w.update(Episode.__table__, {"id": ep.id}, {"success": True, "finished_at": when, "tokens": 7}) == 1
+    with db.read_session() as s:
+        ev = s.exec(select(Event).where(Event.episode_id == ep.id)).one()
+        got = s.get(Episode, ep.id)
+        call = s.exec(select(LLMCall).where(LLMCall.episode_id == ep.id)).one()
+    assert ev.payload == {"a": [1, "é", None], "b": {"c": 1.5}} and ev.started_at == when
+    assert ev.started_at.tzinfo is not None and ev.started_at.utcoffset() == timezone.utc.utcoffset(None)
+    assert got.success is True and got.finished_at == when and got.tokens == 7
+    assert call.messages == [{"role": "user", "content": "x"}] and call.prompt_tokens == 3
+
+
+def test_row_writer_rolls_back_everything_on_error(db_url: str) -> None:
+    ep = create_episode(TaskSpec(task="t", playbook_id="p"))
+    with pytest.raises(RuntimeError), db.row_writer() as w:
+        w.insert(Event.__table__, [{"episode_id": ep.id, "seq": 1, "kind": "route", "payload": {},
+                                    "started_at": utcnow()}])
+        w.update(Episode.__table__, {"id": ep.id}, {"status": "running"})
+        raise RuntimeError("crash mid-write")
+    with db.read_session() as s:
+        assert s.exec(select(func.count()).select_from(Event).where(Event.episode_id == ep.id)).one() == 0
+        assert s.get(Episode, ep.id).status == "queued"
+
+
+def test_row_writer_refuses_naive_datetimes_and_unknown_columns(db_url: str) -> None:
+    ep = create_episode(TaskSpec(task="t", playbook_id="p"))
+    from datetime import datetime
+
+    with pytest.raises(ValueError, match="naive"), db.row_writer() as w:
+        w.update(Episode.__table__, {"id": ep.id}, {"finished_at": datetime(2026, 1, 1)})
+    with pytest.raises(KeyError), db.row_writer() as w:
+        w.update(Episode.__table__, {"id": ep.id}, {"no_such_column": 1})
