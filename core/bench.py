@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from core import jobs
-from core.db import read_session, write_session
+from core.db import read_session, row_writer, write_session
 from core.loop import Roles, TaskSpec, create_episode, learned_delta, run_episode
 from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
 from core.suites import Suite, SuiteError, SuiteTask, load_suite
@@ -270,11 +271,11 @@ class _Ctx:
 
 def _claim(run_id: str, u: Unit, episode_id: str) -> bool:
     try:
-        with write_session() as s:
-            s.add(BenchResult(run_id=run_id, arm=u.arm, phase=u.phase, epoch=u.epoch, task_key=u.task.id,
-                              episode_id=episode_id, error=RUNNING))
+        with row_writer() as w:
+            w.add([BenchResult(run_id=run_id, arm=u.arm, phase=u.phase, epoch=u.epoch, task_key=u.task.id,
+                               episode_id=episode_id, error=RUNNING)])
         return True
-    except IntegrityError:
+    except (IntegrityError, sqlite3.IntegrityError):  # the row exists: another runner has the task
         return False
 
 
@@ -296,28 +297,25 @@ def _cost(episode_id: str, cfg: BenchConfig) -> float:
 def _finish(ctx: _Ctx, u: Unit, episode_id: str, t0: Optional[float]) -> dict[str, Any]:
     """Copy the episode's outcome into its row: one short transaction."""
     cost = _cost(episode_id, ctx.cfg)
-    with write_session() as s:
-        ep = s.get(Episode, episode_id)
-        assert ep is not None
-        if t0 is not None:
-            duration = (time.perf_counter() - t0) * 1000
-        elif ep.started_at and ep.finished_at:
-            duration = (ep.finished_at - ep.started_at).total_seconds() * 1000
-        else:
-            duration = 0.0
-        error = (ep.error or ep.status) if ep.status not in ("succeeded", "failed") else None
+    with read_session() as s:
+        ep = s.connection().execute(select(  # type: ignore[call-overload]
+            Episode.status, Episode.error, Episode.success, Episode.attempts, Episode.tokens, Episode.llm_ms,
+            Episode.sandbox_ms, Episode.started_at, Episode.finished_at).where(Episode.id == episode_id)).one()
+    if t0 is not None:
+        duration = (time.perf_counter() - t0) * 1000
+    elif ep.started_at and ep.finished_at:
+        duration = (ep.finished_at - ep.started_at).total_seconds() * 1000
+    else:
+        duration = 0.0
+    error = (ep.error or ep.status) if ep.status not in ("succeeded", "failed") else None
+    values = {"success": bool(ep.success), "attempts": ep.attempts, "tokens": ep.tokens, "cost": cost,
+              "duration_ms": duration, "llm_ms": ep.llm_ms, "sandbox_ms": ep.sandbox_ms, "error": error,
+              "episode_id": episode_id}
+    with row_writer() as w:  # plain statements: this runs once per task
         if cost:
-            ep.cost = cost
-            s.add(ep)
-        values = {"success": bool(ep.success), "attempts": ep.attempts, "tokens": ep.tokens, "cost": cost,
-                  "duration_ms": duration, "llm_ms": ep.llm_ms, "sandbox_ms": ep.sandbox_ms, "error": error,
-                  "episode_id": episode_id}
-        row = s.exec(select(BenchResult).where(
-            BenchResult.run_id == ctx.run.id, BenchResult.arm == u.arm, BenchResult.phase == u.phase,
-            BenchResult.epoch == u.epoch, BenchResult.task_key == u.task.id)).one()
-        for k, v in values.items():
-            setattr(row, k, v)
-        s.add(row)
+            w.update(Episode.__table__, {"id": episode_id}, {"cost": cost})  # type: ignore[attr-defined]
+        w.update(BenchResult.__table__, {"run_id": ctx.run.id, "arm": u.arm, "phase": u.phase,  # type: ignore[attr-defined]
+                                         "epoch": u.epoch, "task_key": u.task.id}, values)
     with ctx.lock:
         ctx.done += 1
         ctx.errors_in_row = ctx.errors_in_row + 1 if error else 0
@@ -344,12 +342,12 @@ def _run_unit(ctx: _Ctx, u: Unit) -> Optional[dict[str, Any]]:
     row = ctx.left.get(u.key)  # a row a stopped run left running or errored; None: never started
     if row is not None and row.error is None:
         return None  # finished before
-    ep = None
+    ep, fresh = None, False
     if row is not None and row.episode_id:
         with read_session() as s:
             ep = s.get(Episode, row.episode_id)
     if ep is None:
-        ep = create_episode(spec, job_id=ctx.job_id)
+        ep, fresh = create_episode(spec, job_id=ctx.job_id), True
         if row is None:
             if not _claim(ctx.run.id, u, ep.id):
                 return None  # another runner has it
@@ -361,7 +359,8 @@ def _run_unit(ctx: _Ctx, u: Unit) -> Optional[dict[str, Any]]:
     elif _learned_or_frozen(ep, spec):
         return _finish(ctx, u, ep.id, None)  # killed after the episode ended, before its row was written
     try:
-        run_episode(spec, episode_id=ep.id, roles=ctx.roles, sandbox=ctx.sandbox(), job_id=ctx.job_id)
+        run_episode(spec, episode_id=ep.id, episode=ep if fresh else None, roles=ctx.roles, sandbox=ctx.sandbox(),
+                    job_id=ctx.job_id)
     except jobs.Cancelled:
         ctx.cancelled = True
         ctx.stop.set()

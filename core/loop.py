@@ -236,8 +236,12 @@ def _used_bullets_text(playbook_id: str, ids: list[str]) -> str:
 
 def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Optional[Roles] = None,
                 sandbox: Any = None, job_id: Optional[str] = None, settings: Optional[Settings] = None,
-                on_event: Optional[EventSink] = None) -> EpisodeResult:
-    """Run one episode to the end and return how it went; never raises for the task's faults."""
+                on_event: Optional[EventSink] = None, episode: Optional[Episode] = None) -> EpisodeResult:
+    """Run one episode to the end and return how it went; never raises for the task's faults.
+
+    `episode_id`: an episode recorded earlier (a queued or retried job); `episode`: one the caller
+    has just created with `create_episode`, so it is not read back.
+    """
     from core.sandbox import get_sandbox
     from core.sandbox.evaluate import evaluate
 
@@ -247,9 +251,10 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
         return run_review_episode(spec, episode_id=episode_id, roles=roles, sandbox=sandbox, job_id=job_id,
                                   settings=settings, on_event=on_event)
     settings = settings or get_settings()
-    ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
+    fresh = episode is not None or not episode_id
+    ep = episode or (_load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id))
     trace = Trace(ep.id, on_event)
-    learned = learned_delta(ep) if episode_id else None  # a new episode has learned nothing yet
+    learned = None if fresh else learned_delta(ep)  # a new episode has learned nothing yet
     if learned:  # a retried job whose first run already learned: do not learn twice
         return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
     trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
