@@ -120,6 +120,16 @@ def write_session(url: str | None = None) -> Iterator[Session]:
             raise
 
 
+def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
+    """Insert new table objects with Core statements inside a Session's transaction: for write-only rows
+    (revisions, versions) the unit of work would only track."""
+    by_table: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_table.setdefault(type(row).__table__, []).append(_row_values(row))  # type: ignore[attr-defined]
+    for table, values in by_table.items():
+        conn.execute(insert(table), values)
+
+
 # ----------------------------------------------------------- the hot write path
 #
 # The loop writes a trace event per step and the runner a few rows per task.

@@ -20,7 +20,7 @@ from sqlalchemy import event, func
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
-from core.db import read_session, write_session
+from core.db import insert_rows, read_session, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
@@ -139,13 +139,15 @@ def _near_duplicate(session: Session, playbook_id: str, content: str, threshold:
     semantic = semantic_near_duplicate(session, playbook_id, content, get_settings().semantic_dedup_threshold)
     if semantic is not None:
         return semantic
-    candidates = [b for b, _ in lexical_candidates(session, playbook_id, content, 10, synonyms=False)]
-    best: Optional[tuple[Bullet, float]] = None
-    for b in candidates:
-        score = _similarity(content, b.content, threshold)
+    best: Optional[tuple[int, float]] = None
+    for pk, text_, _ in lexical_candidates(session, playbook_id, content, 10, synonyms=False):
+        score = _similarity(content, text_, threshold)
         if score >= threshold and (best is None or score > best[1]):
-            best = (b, score)
-    return best
+            best = (pk, score)
+    if best is None:
+        return None
+    b = session.get(Bullet, best[0])
+    return (b, best[1]) if b is not None else None
 
 
 # ---------------------------------------------------------------- applying ops
@@ -281,15 +283,17 @@ class _Applier:
         number = pb.current_version + 1
         token_delta = 0
         self.s.flush()  # gives new bullets their pk
+        revisions = []
         for key, b in self.touched.items():
             token_delta += _line_tokens(b) - self.tokens_before.get(key, 0)
-            self.s.add(BulletRevision(playbook_id=pb.id, bullet_pk=b.pk, bullet_id=b.id, version=number,
-                                      section=b.section, content=b.content, helpful=b.helpful,
-                                      harmful=b.harmful, neutral=b.neutral, status=b.status))
-        self.s.add(PlaybookVersion(playbook_id=pb.id, number=number, parent=pb.current_version,
-                                   delta_id=self.delta_id, summary=summary[:500],
-                                   bullet_count=prev_count + self.count_change,
-                                   token_count=max(0, prev_tokens + token_delta)))
+            revisions.append(BulletRevision(playbook_id=pb.id, bullet_pk=b.pk, bullet_id=b.id, version=number,
+                                            section=b.section, content=b.content, helpful=b.helpful,
+                                            harmful=b.harmful, neutral=b.neutral, status=b.status))
+        # write-only rows: Core inserts, not objects for the unit of work to track
+        insert_rows(self.s.connection(), [*revisions, PlaybookVersion(
+            playbook_id=pb.id, number=number, parent=pb.current_version, delta_id=self.delta_id,
+            summary=summary[:500], bullet_count=prev_count + self.count_change,
+            token_count=max(0, prev_tokens + token_delta))])
         pb.current_version = number
         pb.modified_at = utcnow()
         self.s.add(pb)
@@ -549,23 +553,21 @@ def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget
     Bullets come in priority order; with a budget, the ones that do not fit are
     left out rather than truncated mid-strategy.
     """
-    kept: list[Bullet] = []
     used = estimate_tokens(f"{BEGIN_MARK}\n{END_MARK}")
+    sections: dict[str, list[str]] = {}
     for b in bullets:
         if b.status != "active":
             continue
-        cost = estimate_tokens(bullet_line(b)) + 1
+        line = bullet_line(b)
+        cost = estimate_tokens(line) + 1
         if token_budget is not None and used + cost > token_budget:
             continue
-        kept.append(b)
+        sections.setdefault(b.section, []).append(line)
         used += cost
-    sections: dict[str, list[Bullet]] = {}
-    for b in kept:
-        sections.setdefault(b.section, []).append(b)
     lines = [BEGIN_MARK]
     for section, items in sections.items():
         lines.append(f"## {section}")
-        lines.extend(bullet_line(b) for b in items)
+        lines.extend(items)
     lines.append(END_MARK)
     return "\n".join(lines)
 

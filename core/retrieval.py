@@ -229,13 +229,15 @@ def _lexical_rows(session: Session, playbook_id: str, query: str, limit: int, sy
 
 
 def lexical_candidates(session: Session, playbook_id: str, query: str, limit: int,
-                       synonyms: bool = True) -> list[tuple[Bullet, float]]:
-    """(bullet, relevance >= 0) by BM25, best first."""
+                       synonyms: bool = True) -> list[tuple[int, str, float]]:
+    """(bullet pk, content, relevance >= 0) by BM25, best first: plain rows, so a caller inside a
+    write transaction (dedup) neither builds objects nor flushes for candidates it then discards."""
     rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
     if not rows:
         return []
-    by_pk = {b.pk: b for b in session.exec(select(Bullet).where(Bullet.pk.in_([r[0] for r in rows])))}  # type: ignore[union-attr]
-    return [(by_pk[r[0]], float(r[1])) for r in rows if r[0] in by_pk]
+    content = dict(session.connection().execute(
+        select(_BULLET_TABLE.c.pk, _BULLET_TABLE.c.content).where(_BULLET_TABLE.c.pk.in_([r[0] for r in rows]))).all())
+    return [(int(r[0]), content[r[0]], float(r[1])) for r in rows if r[0] in content]
 
 
 def _word_cosine(a: str, b: str) -> float:
