@@ -120,15 +120,26 @@ class Trace:
              duration_ms: Optional[float] = None, started_at: Any = None,
              episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
         """Append an event; in the same transaction update the episode and add `rows`."""
+        self.emit_all([{"kind": kind, "payload": payload, "attempt": attempt, "duration_ms": duration_ms,
+                        "started_at": started_at}], episode, rows)
+
+    def emit_all(self, events: list[dict[str, Any]], episode: Optional[dict[str, Any]] = None,
+                 rows: Optional[list[Any]] = None) -> None:
+        """Append events that happened together (kind, payload, attempt, duration_ms, started_at) in one
+        transaction, with the episode update and `rows`."""
         with self._lock, row_writer() as w:
-            seq = w.scalar("SELECT coalesce(max(seq), 0) FROM event WHERE episode_id = ?", (self.episode_id,))
-            w.insert(_EVENTS, [{"episode_id": self.episode_id, "seq": int(seq) + 1, "kind": kind, "attempt": attempt,
-                                "payload": payload, "started_at": started_at or utcnow(), "duration_ms": duration_ms}])
+            seq = int(w.scalar("SELECT coalesce(max(seq), 0) FROM event WHERE episode_id = ?", (self.episode_id,)))
+            w.insert(_EVENTS, [{"episode_id": self.episode_id, "seq": seq + i, "kind": e["kind"],
+                                "attempt": e.get("attempt"), "payload": e["payload"],
+                                "started_at": e.get("started_at") or utcnow(), "duration_ms": e.get("duration_ms")}
+                               for i, e in enumerate(events, 1)])
             w.add(rows or ())
             if episode:
                 w.update(_EPISODES, {"id": self.episode_id}, episode)
         if self.sink is not None:
-            self.sink({"kind": kind, "attempt": attempt, "duration_ms": duration_ms, "payload": payload})
+            for e in events:
+                self.sink({"kind": e["kind"], "attempt": e.get("attempt"), "duration_ms": e.get("duration_ms"),
+                           "payload": e["payload"]})
 
     @contextmanager
     def step(self, kind: str, attempt: Optional[int] = None, episode: Optional[dict[str, Any]] = None,
@@ -179,6 +190,21 @@ class OutputStream:
             self.last = time.monotonic()
         for stream, text in chunks.items():
             self.trace.emit("output", {"stream": stream, "text": text}, self.attempt)
+
+
+def record_run(trace: Trace, n: int, code: str, language: str, verdict: Any, isolation: str,
+               totals: dict[str, float]) -> None:
+    """A run's execute and evaluate events, written together (the verdict is known as the run ends)
+    with the episode's running totals."""
+    trace.emit_all([
+        {"kind": "execute", "attempt": n, "duration_ms": verdict.execution.duration_ms,
+         "payload": {"code": code, "language": language, "isolation": isolation,
+                     "execution": verdict.execution.model_dump(by_alias=True)}},
+        {"kind": "evaluate", "attempt": n,
+         "payload": {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
+                     "error": verdict.error, "feedback": verdict.feedback}}],
+        episode={"isolation": isolation, "attempts": n, "code": code, "tokens": totals["tokens"],
+                 "llm_ms": totals["llm_ms"], "sandbox_ms": totals["sandbox_ms"]})
 
 
 # ----------------------------------------------------------------- episodes
@@ -304,14 +330,7 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
                                on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
             stream.close()
             totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
-            trace.emit("execute", {"code": code, "language": spec.language,
-                                   "execution": verdict.execution.model_dump(by_alias=True),
-                                   "isolation": getattr(sandbox, "isolation", "")},
-                       n, verdict.execution.duration_ms, episode={"isolation": getattr(sandbox, "isolation", "")})
-            trace.emit("evaluate", {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
-                                    "error": verdict.error, "feedback": verdict.feedback}, n,
-                       episode={"attempts": n, "code": code, "tokens": totals["tokens"], "llm_ms": totals["llm_ms"],
-                                "sandbox_ms": totals["sandbox_ms"]})
+            record_run(trace, n, code, spec.language, verdict, getattr(sandbox, "isolation", ""), totals)
             attempts.append(Attempt(n, code, verdict.feedback, verdict.passed, list(used)))
             if verdict.passed:
                 passed = True

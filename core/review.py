@@ -22,7 +22,8 @@ from core.config import Settings, get_settings
 from core.db import write_session
 from core.llm import LLMResult
 from core.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
-                       _load_episode, _update_episode, create_episode, learned_delta, reflect_and_curate)
+                       _load_episode, _update_episode, create_episode, learned_delta, record_run,
+                       reflect_and_curate)
 from core.models import Episode, utcnow
 from core.playbook import _ensure_playbook, render, retrieve
 from core.roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
@@ -72,10 +73,9 @@ class RoleTrace(Trace):
         super().__init__(base.episode_id, base.sink)
         self._lock, self.role = base._lock, role
 
-    def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
-             duration_ms: Optional[float] = None, started_at: Any = None,
-             episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
-        super().emit(kind, {**payload, "role": self.role}, attempt, duration_ms, started_at, episode, rows)
+    def emit_all(self, events: list[dict[str, Any]], episode: Optional[dict[str, Any]] = None,
+                 rows: Optional[list[Any]] = None) -> None:
+        super().emit_all([{**e, "payload": {**e["payload"], "role": self.role}} for e in events], episode, rows)
 
 
 def _complete_roles(roles: Optional[Roles], settings: Settings) -> ReviewRoles:
@@ -131,13 +131,7 @@ class _Run:
                            on_stdout=stream.callback("stdout"), on_stderr=stream.callback("stderr"))
         stream.close()
         self.totals["sandbox_ms"] += (time.perf_counter() - t0) * 1000
-        trace.emit("execute", {"code": code, "language": spec.language,
-                               "execution": verdict.execution.model_dump(by_alias=True),
-                               "isolation": getattr(self.sandbox, "isolation", "")}, n, verdict.execution.duration_ms)
-        trace.emit("evaluate", {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
-                                "error": verdict.error, "feedback": verdict.feedback}, n)
-        _update_episode(self.ep.id, attempts=n, code=code, tokens=self.totals["tokens"], llm_ms=self.totals["llm_ms"],
-                        sandbox_ms=self.totals["sandbox_ms"])
+        record_run(trace, n, code, spec.language, verdict, getattr(self.sandbox, "isolation", ""), self.totals)
         return verdict
 
     def generate(self) -> tuple[str, Verdict]:
