@@ -17,7 +17,6 @@ on a thread pool, one sandbox per thread (so one E2B sandbox per thread).
 import csv
 import io
 import json
-import os
 import random
 import sqlite3
 import sys
@@ -34,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from core import jobs
+from core.config import get_settings
 from core.db import read_session, row_writer, write_session
 from core.loop import Roles, TaskSpec, create_episode, learned_delta, run_episode
 from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
@@ -109,13 +109,6 @@ def split_tasks(tasks: list[SuiteTask], split: float, seed: int = 0,
     return ids[:n_train], ids[n_train:]
 
 
-def _env_price(name: str) -> float:
-    try:
-        return float(os.environ.get(name) or 0.0)
-    except ValueError:
-        return 0.0
-
-
 def create_run(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional[int] = None, concurrency: int = 2,
                *, playbook_id: Optional[str] = None, **options: Any) -> str:
     """Record a run (status queued) with its split fixed; returns the run id.
@@ -124,8 +117,9 @@ def create_run(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional[
     (prices default to ACE_PRICE_INPUT / ACE_PRICE_OUTPUT, USD per 1M tokens).
     """
     s = load_suite(suite)
-    options.setdefault("price_in", _env_price("ACE_PRICE_INPUT"))
-    options.setdefault("price_out", _env_price("ACE_PRICE_OUTPUT"))
+    settings = get_settings()
+    options.setdefault("price_in", settings.price_input)
+    options.setdefault("price_out", settings.price_output)
     cfg = BenchConfig(suite=s.path if s.source == "file" else s.name, epochs=epochs, split=split, limit=limit,
                       concurrency=concurrency, **options)
     cfg.train, cfg.test = split_tasks(s.tasks, cfg.split, cfg.seed, cfg.limit)
@@ -154,7 +148,6 @@ def start_bench(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional
 
 
 def _require_llm() -> None:
-    from core.config import get_settings
     from core.llm import LLMNotConfigured
 
     if not get_settings().llm_configured:

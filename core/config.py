@@ -66,6 +66,8 @@ class Settings:
     rank_weights: str = ""  # e.g. "semantic=1,lexical=0.5,counters=0.2,provenance=0.3"; empty: defaults
     query_expansion: bool = False  # ask the LLM for likely pitfalls to widen retrieval queries
     semantic_dedup_threshold: float = 0.9  # cosine at which an ADD is a near-duplicate
+    price_input: float = 0.0  # USD per million prompt tokens, for benchmark cost per task
+    price_output: float = 0.0  # USD per million completion tokens
 
     @property
     def llm_configured(self) -> bool:
@@ -127,6 +129,8 @@ def load_settings(env: dict[str, str] | None = None, env_file: Path | None = Non
         rank_weights=g("ACE_RANK_WEIGHTS") or "",
         query_expansion=_bool(g("ACE_QUERY_EXPANSION")),
         semantic_dedup_threshold=_float(g("ACE_SEMANTIC_DEDUP_THRESHOLD"), 0.9),
+        price_input=_float(g("ACE_PRICE_INPUT"), 0.0),
+        price_output=_float(g("ACE_PRICE_OUTPUT"), 0.0),
     )
 
 

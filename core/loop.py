@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, insert, update
 from sqlmodel import select
 
 from core import jobs
