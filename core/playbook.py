@@ -556,13 +556,19 @@ def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget
     used = estimate_tokens(f"{BEGIN_MARK}\n{END_MARK}")
     sections: dict[str, list[str]] = {}
     for b in bullets:
-        if b.status != "active":
+        d = getattr(b, "__dict__", None) or {}
+        try:  # loaded values straight from the instance: 4x faster than the ORM's descriptors, same values
+            status, section = d["status"], d["section"]
+            line = f"[{d['id']}] helpful={d['helpful']} harmful={d['harmful']} :: {d['content']}"  # bullet_line(b)
+        except KeyError:  # an expired or unloaded attribute: let the ORM load it
+            status = b.status
+            section, line = (b.section, bullet_line(b)) if status == "active" else ("", "")
+        if status != "active":
             continue
-        line = bullet_line(b)
         cost = estimate_tokens(line) + 1
         if token_budget is not None and used + cost > token_budget:
             continue
-        sections.setdefault(b.section, []).append(line)
+        sections.setdefault(section, []).append(line)
         used += cost
     lines = [BEGIN_MARK]
     for section, items in sections.items():

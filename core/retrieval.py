@@ -13,7 +13,9 @@ BM25 runs over an in-memory per-playbook index (numpy postings, Porter stems
 like FTS5's tokenizer) cached the same way and updated from only the changed
 rows on a new version; SQLite FTS5 answers while a large playbook's index is
 still building, and for dedup inside a write. The top k are read with one plain
-SELECT, not through the ORM.
+SELECT, not through the ORM, and kept per index version: a lexical query on an
+unchanged playbook reads only the playbook's version (one raw DBAPI SELECT) and
+answers from memory (`_search_cached`).
 """
 
 import logging
@@ -21,7 +23,9 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
@@ -33,14 +37,14 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import is_sqlite, read_session
+from core.db import get_engine, is_sqlite, read_session
 from core.embeddings import Embedder, embed_query, get_embedder
 from core.models import Bullet
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RankWeights", "Retrieved", "search", "lexical_candidates", "fts_query", "expand_query", "query_terms",
-           "lexical_index", "warm", "porter",
+           "lexical_index", "warm", "porter", "cached_only", "NotCached",
            "semantic_near_duplicate", "similar_pairs", "clear_cache", "counter_score"]
 
 _WORD = re.compile(r"[a-z0-9_]+")
@@ -648,7 +652,12 @@ class _LexIndex:
 
     def score(self, terms: dict[str, float], limit: int) -> tuple[np.ndarray, np.ndarray]:
         """(slots, bm25 >= 0) of the best `limit` matching live bullets, best first."""
-        n = self.n_alive
+        memo = getattr(self, "_n_memo", None)  # the live count, per version and state of `alive`
+        if memo is not None and memo[0] == self.version and memo[1] is self.alive:
+            n = memo[2]
+        else:
+            n = self.n_alive
+            self._n_memo = (self.version, self.alive, n)
         if not terms or n == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         plist = []
@@ -666,8 +675,8 @@ class _LexIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         scores = np.zeros(len(self.pks), np.float32)
         for _, _, w, slots, part in plist:
-            scores[slots] += w * part
-        hit = np.flatnonzero(scores)
+            np.add.at(scores, slots, w * part)  # a term's slots are distinct: the same sums as scores[slots] += ...
+        hit = np.flatnonzero(scores != 0)  # much faster on a bool array
         if len(hit) > limit:
             hit = hit[np.argpartition(-scores[hit], limit - 1)[:limit]]
         hit = hit[np.argsort(-scores[hit], kind="stable")]
@@ -871,14 +880,158 @@ def _bullets_by_pk(conn, pks: Sequence[int], idx: Optional[_LexIndex] = None,  #
     return out
 
 
+@dataclass
+class _LexCols:
+    """Lexical candidates as columns: pk, bm25 >= 0, counters and source episode."""
+
+    pks: np.ndarray  # int64
+    bm25: np.ndarray  # float64
+    helpful: np.ndarray  # int64
+    harmful: np.ndarray
+    neutral: np.ndarray
+    episodes: list[Optional[str]]
+
+    @classmethod
+    def of_index(cls, idx: "_LexIndex", slots: np.ndarray, bm25: np.ndarray) -> "_LexCols":
+        return cls(idx.pks[slots], bm25.astype(np.float64), idx.helpful[slots], idx.harmful[slots],
+                   idx.neutral[slots], [idx.episode[i] for i in slots.tolist()])
+
+    @classmethod
+    def of_rows(cls, rows: Sequence) -> "_LexCols":
+        return cls(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.float64),
+                   np.array([r[2] for r in rows], np.int64), np.array([r[3] for r in rows], np.int64),
+                   np.array([r[4] for r in rows], np.int64), [r[5] for r in rows])
+
+    def rows(self) -> list[tuple]:
+        return list(zip(self.pks.tolist(), self.bm25.tolist(), self.helpful.tolist(), self.harmful.tolist(),
+                        self.neutral.tolist(), self.episodes))
+
+
+def _rank_plain(c: _LexCols, q_text: str, tasks: dict[str, str], k: int,
+                weights: RankWeights) -> list[tuple[int, tuple[float, dict[str, float]]]]:
+    """The top k lexical candidates as (pk, (fused score, per-signal scores)), best first, ties by pk.
+
+    The same IEEE operations in the same order as scoring one candidate at a time
+    (`counter_score`, bm25 / (bm25 + saturation), the weighted sum), so the
+    scores are identical to the last bit; only the k kept get their dicts.
+    """
+    if not len(c.pks):
+        return []
+    lex = c.bm25 / (c.bm25 + LEXICAL_SATURATION)
+    cnt = (c.helpful - c.harmful) / (c.helpful + c.harmful + c.neutral + 2)
+    prov = np.zeros(len(c.pks), np.float64)
+    if tasks:
+        for i, episode in enumerate(c.episodes):
+            if episode in tasks:
+                prov[i] = _word_cosine(q_text, tasks[episode])
+    fused = weights.lexical * lex + weights.counters * cnt + weights.provenance * prov
+    order = np.lexsort((c.pks, -fused))[:k].tolist()
+    pks, fs, ls, cs, ps = c.pks.tolist(), fused.tolist(), lex.tolist(), cnt.tolist(), prov.tolist()
+    return [(pks[i], (fs[i], {"semantic": 0.0, "lexical": ls[i], "counters": cs[i], "provenance": ps[i]}))
+            for i in order]
+
+
+class NotCached(Exception):
+    """Under `cached_only()`: the query needs more than the in-memory index (a rebuild, a model call)."""
+
+
+_cached_only: ContextVar[bool] = ContextVar("ace_retrieval_cached_only", default=False)
+
+
+@contextmanager
+def cached_only() -> Iterator[None]:
+    """Inside: `search` answers from memory and one indexed read, or raises NotCached at once.
+
+    For callers on an event loop: they run the cheap common case in place and
+    hand only the rest (index refresh, cold bullets, embedders) to a thread.
+    """
+    token = _cached_only.set(True)
+    try:
+        yield
+    finally:
+        _cached_only.reset(token)
+
+
+_VERSION_RAW = "SELECT current_version FROM playbook WHERE id = ?"
+
+
+def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
+                   synonyms: bool) -> Optional[list[Retrieved]]:
+    """Lexical search from the cached index alone, or None when it cannot answer so.
+
+    It can when the index is at the playbook's current version (read through
+    the raw DBAPI connection: ~0.03 ms against ~0.25 ms for a Session) and every
+    bullet to return is in its per-version cache. The ranking is `_rank_plain`,
+    as on the Session path.
+    """
+    engine = get_engine()
+    if not is_sqlite(engine):
+        return None
+    key = (str(engine.url), playbook_id)
+    with _lex_lock:
+        idx = _lex.get(key)
+        if idx is not None:
+            _lex.move_to_end(key)
+    if idx is None:
+        return None
+    raw = engine.raw_connection()
+    try:
+        row = raw.execute(_VERSION_RAW, (playbook_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        version = int(row[0])
+        terms = query_terms(q_text, synonyms)
+        with idx.lock:
+            if idx.version != version:
+                return None
+            cols = _LexCols.of_index(idx, *idx.score(terms, max(50, 5 * k)))
+        tasks: dict[str, str] = {}
+        if weights.provenance:
+            ids = sorted({e for e in cols.episodes if e})
+            if ids:
+                tasks = dict(raw.execute(f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
+                                         ids).fetchall())
+    finally:
+        raw.close()
+    best = _rank_plain(cols, q_text, tasks, k, weights)
+    with idx.lock:
+        if idx.version != version:
+            return None
+        cached = idx.bullets
+        out = []
+        for pk, (sc, d) in best:
+            b = cached.get(pk)
+            if b is None:
+                return None
+            out.append(Retrieved(b, sc, d))
+        if len(out) < k:
+            seen = {r.bullet.pk for r in out}
+            order = idx.fallback_order()
+            fill = [int(p) for p in idx.pks[order[:k - len(out) + len(seen)]] if int(p) not in seen][:k - len(out)]
+            if any(pk not in cached for pk in fill):
+                return None
+            out += _fallback_hits([cached[pk] for pk in fill], weights)
+    return out
+
+
 def search(playbook_id: str, query: str, k: int, weights: RankWeights,
            embedder: Optional[Embedder] = None, expand: bool = False, synonyms: bool = True) -> list[Retrieved]:
     """Top-k active bullets by the fused score; best-rated others fill up when too few match."""
     if k <= 0:
         return []
-    q_text = expand_query(query) if expand else query
+    strict = _cached_only.get()
+    if strict and (expand or embedder is not None or get_settings().embedder != "none"):
+        raise NotCached("query expansion or an embedder needs a model (and loading one takes time)")
     emb = embedder if embedder is not None else get_embedder()
+    q_text = expand_query(query) if expand else query
     qvec = embed_query(q_text, emb) if emb is not None else None
+    if qvec is None:
+        hits = _search_cached(playbook_id, q_text, k, weights, synonyms)
+        if hits is not None:
+            return hits
+    if strict:
+        raise NotCached("the in-memory index cannot answer alone: not built, behind the playbook's version, "
+                        "or bullets not read yet")
     limit = max(50, 5 * k)
     with read_session() as s:
         conn = s.connection()
@@ -888,24 +1041,26 @@ def search(playbook_id: str, query: str, k: int, weights: RankWeights,
         lex_idx = lexical_index(s, playbook_id, int(version))
         if lex_idx is not None:
             with lex_idx.lock:
-                slots, bm25 = lex_idx.score(query_terms(q_text, synonyms), limit)
-                lex = [(int(lex_idx.pks[i]), float(v), int(lex_idx.helpful[i]), int(lex_idx.harmful[i]),
-                        int(lex_idx.neutral[i]), lex_idx.episode[i]) for i, v in zip(slots, bm25)]
+                lex = _LexCols.of_index(lex_idx, *lex_idx.score(query_terms(q_text, synonyms), limit)).rows()
         else:
             lex = [tuple(r) for r in _lexical_rows(s, playbook_id, q_text, limit, synonyms=synonyms)]
-        lex_norm = {int(r[0]): r[1] / (r[1] + LEXICAL_SATURATION) for r in lex}
         scored: dict[int, tuple[float, dict[str, float]]] = {}
         if qvec is not None and emb is not None:
+            lex_norm = {int(r[0]): r[1] / (r[1] + LEXICAL_SATURATION) for r in lex}
             scored = _dense(vector_index(s, playbook_id, emb.name), qvec, lex_norm, k, weights)
-        # lexical hits without a vector (no embedder, or not embedded yet) still compete
-        plain = [r for r in lex if int(r[0]) not in scored]
-        tasks = _provenance_texts(s, [r[5] for r in plain]) if weights.provenance else {}
-        for pk, _, helpful, harmful, neutral, episode in plain:
-            prov = _word_cosine(q_text, tasks[episode]) if episode in tasks else 0.0
-            cnt = counter_score(helpful, harmful, neutral)
-            sc = {"semantic": 0.0, "lexical": lex_norm[pk], "counters": cnt, "provenance": prov}
-            scored[pk] = (weights.lexical * sc["lexical"] + weights.counters * cnt + weights.provenance * prov, sc)
-        best = sorted(scored.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+        if scored:
+            # lexical hits without a vector (not embedded yet) still compete
+            plain = [r for r in lex if int(r[0]) not in scored]
+            tasks = _provenance_texts(s, [r[5] for r in plain]) if weights.provenance else {}
+            for pk, _, helpful, harmful, neutral, episode in plain:
+                prov = _word_cosine(q_text, tasks[episode]) if episode in tasks else 0.0
+                cnt = counter_score(helpful, harmful, neutral)
+                sc = {"semantic": 0.0, "lexical": lex_norm[pk], "counters": cnt, "provenance": prov}
+                scored[pk] = (weights.lexical * sc["lexical"] + weights.counters * cnt + weights.provenance * prov, sc)
+            best = sorted(scored.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+        else:  # lexical only: the same ranking as the loop above, on arrays
+            tasks = _provenance_texts(s, [r[5] for r in lex]) if weights.provenance else {}
+            best = _rank_plain(_LexCols.of_rows(lex), q_text, tasks, k, weights)
         bullets = _bullets_by_pk(conn, [pk for pk, _ in best], lex_idx, int(version))
         out = [Retrieved(bullets[pk], sc, d) for pk, (sc, d) in best if pk in bullets]
         if len(out) < k:
@@ -924,13 +1079,15 @@ def _fallback_fast(conn, idx: _LexIndex, version: int, seen: set[Optional[int]],
         order = idx.fallback_order()
         pks = [int(p) for p in idx.pks[order[:n + len(seen)]] if int(p) not in seen][:n]
     bullets = _bullets_by_pk(conn, pks, idx, version)
+    return _fallback_hits([bullets[pk] for pk in pks if pk in bullets], weights)
+
+
+def _fallback_hits(bullets: Sequence[Bullet], weights: RankWeights) -> list[Retrieved]:
     out = []
-    for pk in pks:
-        b = bullets.get(pk)
-        if b is not None:
-            cnt = counter_score(b.helpful, b.harmful, b.neutral)
-            out.append(Retrieved(b, weights.counters * cnt - 1.0, {"semantic": 0.0, "lexical": 0.0, "counters": cnt,
-                                                                   "provenance": 0.0, "fallback": 1.0}))
+    for b in bullets:
+        cnt = counter_score(b.helpful, b.harmful, b.neutral)
+        out.append(Retrieved(b, weights.counters * cnt - 1.0, {"semantic": 0.0, "lexical": 0.0, "counters": cnt,
+                                                               "provenance": 0.0, "fallback": 1.0}))
     return out
 
 
