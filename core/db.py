@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-from typing import Any
+from typing import Any, Optional
 
 from sqlalchemy import Connection, Table, event, insert, text, update
 from sqlalchemy.engine import Engine, make_url
@@ -216,6 +216,25 @@ def _row_values(row: SQLModel) -> dict[str, Any]:
         if values.get(c.name) is None:
             values.pop(c.name, None)
     return values
+
+
+def query_row(sql: str, params: Sequence[Any] = (), url: str | None = None) -> Optional[tuple[Any, ...]]:
+    """One row of a read written with `?` placeholders, without a Session: for hot lookups.
+    Values come back as the driver gives them (no column types applied)."""
+    engine = get_engine(url)
+    if not is_sqlite(engine):
+        names = {f"p{i}": v for i, v in enumerate(params)}
+        for i in range(len(params)):
+            sql = sql.replace("?", f":p{i}", 1)
+        with engine.connect() as conn:
+            row = conn.execute(text(sql), names).first()
+            return tuple(row) if row is not None else None
+    conn = engine.raw_connection()
+    try:
+        row = conn.execute(sql, tuple(params)).fetchone()
+        return tuple(row) if row is not None else None
+    finally:
+        conn.close()
 
 
 @contextmanager

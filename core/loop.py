@@ -20,11 +20,11 @@ from sqlmodel import select
 
 from core import jobs
 from core.config import Settings, get_settings
-from core.db import read_session, row_writer, write_session
+from core.db import query_row, read_session, row_writer, write_session
 from core.models import Delta, Episode, Event, Reflection, utcnow
 from core.ops import OpIn
 from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, get_or_create_playbook,
-                           render, retrieve, submit_delta)
+                           render, retrieve, submit_delta, validate_playbook_id)
 from core.roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
 from core.llm import deferred_call_log
 from core.routing import route
@@ -223,11 +223,12 @@ def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: 
     else:
         r = route(spec.task, spec.language)
         env, reason, pid = r.environment, r.reason, r.environment
-    pb = get_or_create_playbook(pid, environment=env)
-    ep = Episode(playbook_id=pb.id, task=spec.task, language=spec.language, tests=spec.tests,
+    found = query_row("SELECT review_mode FROM playbook WHERE id = ?", (validate_playbook_id(pid),))
+    pb_review = found[0] if found is not None else get_or_create_playbook(pid, environment=env).review_mode
+    ep = Episode(playbook_id=pid, task=spec.task, language=spec.language, tests=spec.tests,
                  expected_output=spec.expected_output, ground_truth=spec.ground_truth, mode=spec.mode,
                  max_iterations=spec.max_iterations or settings.max_iterations,
-                 review_mode=spec.review_mode or pb.review_mode or settings.review_mode,
+                 review_mode=spec.review_mode or pb_review or settings.review_mode,
                  routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
                  model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
                  bench_run_id=spec.bench_run_id)

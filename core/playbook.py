@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from typing import Optional
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, text
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
@@ -134,19 +134,24 @@ def _similarity(a: str, b: str, need: float) -> float:
     return max(jac, sm.ratio())
 
 
-def _near_duplicate(session: Session, playbook_id: str, content: str, threshold: float) -> Optional[tuple[Bullet, float]]:
-    """The existing bullet an ADD repeats: by meaning when embeddings are on, else by wording."""
-    semantic = semantic_near_duplicate(session, playbook_id, content, get_settings().semantic_dedup_threshold)
+def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: float,
+                    added: Sequence[Bullet] = ()) -> Optional[tuple[Bullet, float]]:
+    """The bullet an ADD repeats: by meaning when embeddings are on, else by wording, among the
+    committed bullets and those `added` earlier in the same delta."""
+    semantic = semantic_near_duplicate(session, pb.id, content, get_settings().semantic_dedup_threshold)
     if semantic is not None:
         return semantic
-    best: Optional[tuple[int, float]] = None
-    for pk, text_, _ in lexical_candidates(session, playbook_id, content, 10, synonyms=False):
+    best: Optional[tuple[Bullet | int, float]] = None
+    candidates: list[tuple[Bullet | int, str]] = [(b, b.content) for b in added]
+    candidates += [(pk, text_) for pk, text_, _ in
+                   lexical_candidates(session, pb.id, content, 10, synonyms=False, version=pb.current_version)]
+    for ref, text_ in candidates:
         score = _similarity(content, text_, threshold)
         if score >= threshold and (best is None or score > best[1]):
-            best = (pk, score)
+            best = (ref, score)
     if best is None:
         return None
-    b = session.get(Bullet, best[0])
+    b = best[0] if isinstance(best[0], Bullet) else session.get(Bullet, best[0])
     return (b, best[1]) if b is not None else None
 
 
@@ -175,8 +180,12 @@ def _line_tokens(b: Bullet) -> int:
 class _Applier:
     """Applies ops inside one transaction, remembering what it touched."""
 
-    def __init__(self, session: Session, pb: Playbook, episode_id: Optional[str], delta_id: str):
+    def __init__(self, session: Session, pb: Playbook, episode_id: Optional[str], delta_id: str,
+                 dedup_within: bool = False):
+        """`dedup_within`: an ADD that repeats an ADD earlier in the same delta also becomes a TAG
+        (the Curator's deltas); a person's explicit delta keeps both."""
         self.s, self.pb, self.episode_id, self.delta_id = session, pb, episode_id, delta_id
+        self.dedup_within = dedup_within
         self.touched: dict[int, Bullet] = {}
         self.tokens_before: dict[int, int] = {}
         self.count_change = 0
@@ -236,7 +245,9 @@ class _Applier:
         now = utcnow()
         if op.type == "ADD":
             content = check_content(op.content)
-            dup = _near_duplicate(self.s, self.pb.id, content, self.threshold)
+            added = ([b for b in self.touched.values() if b.pk is None and b.status == "active"]
+                     if self.dedup_within else [])
+            dup = _near_duplicate(self.s, self.pb, content, self.threshold, added)
             if dup is not None:
                 b, score = dup
                 self._touch(b)
@@ -340,22 +351,23 @@ def _load_bullets(s: Session, playbook_id: str, ids: set[str]) -> dict[str, Bull
         return {b.id: b for b in rows}
 
 
+def _op_rows(delta: Delta, ops: Sequence[OpIn], known: dict[str, Bullet]) -> list[DeltaOp]:
+    """The ops as pending rows, each remembering the text of the bullet it names as it is now."""
+    rows = []
+    for i, op in enumerate(ops):
+        b = known.get(op.bullet_id) if op.bullet_id else None
+        rows.append(DeltaOp(delta_id=delta.id, seq=i, type=op.type, section=op.section, content=op.content,
+                            bullet_id=op.bullet_id, bullet_ids=list(op.bullet_ids), tag=op.tag,
+                            justification=op.justification, evidence=op.evidence,
+                            before=b.content if b is not None else None))
+    return rows
+
+
 def _store_ops(s: Session, delta: Delta, ops: Sequence[OpIn],
                known: Optional[dict[str, Bullet]] = None) -> list[DeltaOp]:
     """The ops as pending rows; `known`: the bullets they name, loaded here when not given."""
-    rows = []
-    if known is None:
-        known = _load_bullets(s, delta.playbook_id, _named_ids(ops))
-    for i, op in enumerate(ops):
-        before = None
-        if op.bullet_id:
-            b = known.get(op.bullet_id)
-            before = b.content if b is not None else None
-        row = DeltaOp(delta_id=delta.id, seq=i, type=op.type, section=op.section, content=op.content,
-                      bullet_id=op.bullet_id, bullet_ids=list(op.bullet_ids), tag=op.tag,
-                      justification=op.justification, evidence=op.evidence, before=before)
-        s.add(row)
-        rows.append(row)
+    rows = _op_rows(delta, ops, known if known is not None else _load_bullets(s, delta.playbook_id, _named_ids(ops)))
+    s.add_all(rows)
     s.flush()
     return rows
 
@@ -471,12 +483,22 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
     with write_session() as s:
         pb = _ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
         known = _load_bullets(s, pb.id, _named_ids(op_list))
-        delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)
         if not auto or not op_list:
-            return delta.id, None
-        # the rows just stored are the pending ops: no need to read them back
-        return delta.id, _decide(s, delta, [Decision(r.oid, True) for r in rows], "auto",  # type: ignore[arg-type]
-                                 lenient=True, rows=rows, known=known)
+            return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)[0].id, None
+        delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
+                      base_version=pb.current_version)
+        s.add(delta)
+        s.flush()
+        # The ops are decided before they are stored, then inserted once with their decisions: no
+        # insert-then-update per op. Their ids are assigned here; this transaction holds the write lock.
+        rows = _op_rows(delta, op_list, known)
+        first = int(s.connection().execute(text("SELECT coalesce(max(oid), 0) + 1 FROM deltaop")).scalar_one())
+        for i, row in enumerate(rows):
+            row.oid = first + i
+        res = _decide(s, delta, [Decision(first + i, True) for i in range(len(rows))], "auto", lenient=True,
+                      rows=rows, known=known)
+        insert_rows(s.connection(), rows)
+        return delta.id, res
 
 
 def _all_pending(s: Session, delta_id: str) -> list[Decision]:
@@ -493,7 +515,7 @@ def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str,
     if rows is None:
         rows = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta.id)))
     by_oid = {r.oid: r for r in rows}
-    ap = _Applier(s, pb, delta.episode_id, delta.id)
+    ap = _Applier(s, pb, delta.episode_id, delta.id, dedup_within=lenient)
     ap.preload([_row_to_op(by_oid[d.op_id]) for d in decisions if d.approve and d.op_id in by_oid], known)
     results: list[OpResult] = []
     rejected: list[tuple[int, str]] = []

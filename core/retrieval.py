@@ -232,11 +232,32 @@ def _lexical_rows(session: Session, playbook_id: str, query: str, limit: int, sy
     return rows
 
 
+def _current_index(session: Session, playbook_id: str, version: int) -> "Optional[_LexIndex]":
+    """The cached in-memory index if it is exactly at `version`; never builds or refreshes one (inside a
+    write transaction that would index rows which may still roll back)."""
+    with _lex_lock:
+        idx = _lex.get((str(session.get_bind().url), playbook_id))  # type: ignore[union-attr]
+    return idx if idx is not None and idx.version == version else None
+
+
 def lexical_candidates(session: Session, playbook_id: str, query: str, limit: int,
-                       synonyms: bool = True) -> list[tuple[int, str, float]]:
+                       synonyms: bool = True, version: Optional[int] = None) -> list[tuple[int, str, float]]:
     """(bullet pk, content, relevance >= 0) by BM25, best first: plain rows, so a caller inside a
-    write transaction (dedup) neither builds objects nor flushes for candidates it then discards."""
-    rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
+    write transaction (dedup) neither builds objects nor flushes for candidates it then discards.
+
+    `version`: the playbook's committed version; when the in-memory index is at it, it ranks (no
+    FTS5 statements), else FTS5 does. Either way only committed rows are candidates.
+    """
+    idx = _current_index(session, playbook_id, version) if version is not None else None
+    if idx is not None:
+        with idx.lock:
+            if idx.version == version:
+                slots, bm25 = idx.score(query_terms(query, synonyms), limit)
+                rows = [(int(idx.pks[i]), float(v)) for i, v in zip(slots, bm25)]
+            else:
+                rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
+    else:
+        rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
     if not rows:
         return []
     content = dict(session.connection().execute(

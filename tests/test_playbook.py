@@ -272,3 +272,23 @@ def test_retrieve_sees_each_new_version_of_a_bullet(pb: str) -> None:
     assert again["py-00001"].content == "Integer division: // floors" and again["py-00001"].harmful == 1
     P.apply_delta(pb, [{"type": "REMOVE", "bullet_id": "py-00001"}])
     assert "py-00001" not in {h.bullet.id for h in P.retrieve(pb, "integer division", 3)}
+
+
+def test_curator_dedup_sees_adds_earlier_in_the_same_delta(pb: str) -> None:
+    twins = [{"type": "ADD", "content": "Memoize recursive calls with functools.lru_cache"},
+             {"type": "ADD", "content": "Memoize recursive calls with functools.lru_cache."}]
+    _, r = P.submit_delta(pb, twins, auto=True)
+    assert r is not None and [x.type for x in r.results] == ["ADD", "TAG"]
+    assert r.results[1].bullet_id == r.results[0].bullet_id and P.get_bullet(pb, r.results[0].bullet_id).helpful == 1
+    # a person's explicit delta keeps both
+    assert [x.type for x in P.apply_delta("other", twins).results] == ["ADD", "ADD"]
+
+
+def test_dedup_ranks_with_the_in_memory_index_when_it_is_current(pb: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import retrieval as R
+
+    P.retrieve(pb, "sort a dictionary", 5)  # builds the in-memory index at the current version
+    monkeypatch.setattr(R, "_lexical_rows", lambda *a, **k: pytest.fail("FTS5 queried though the index is current"))
+    _, res = P.submit_delta(pb, [{"type": "ADD", "content": "Sort dictionaries by value: sorted(d.items(), "
+                                                          "key=lambda kv: kv[1])"}], auto=True)
+    assert res is not None and [x.type for x in res.results] == ["TAG"] and res.results[0].bullet_id == "py-00002"
