@@ -738,12 +738,22 @@ def _refresh(conn, idx: _LexIndex, playbook_id: str, version: int) -> None:  # t
     idx.apply_changes(rows, version)
 
 
+_build_locks: dict[tuple[str, str], threading.Lock] = {}
+
+
+def _build_lock(key: tuple[str, str]) -> threading.Lock:
+    """One build of a playbook's index at a time: a request arriving while the service's warm-up (or
+    another request) builds it waits for that build instead of doing the same work beside it."""
+    with _lex_lock:
+        return _build_locks.setdefault(key, threading.Lock())
+
+
 def _build_in_background(url: str, playbook_id: str) -> None:
     key = (url, playbook_id)
 
     def run() -> None:
         try:
-            with read_session(url) as s:
+            with _build_lock(key), read_session(url) as s:
                 conn = s.connection()
                 version = conn.execute(text("SELECT current_version FROM playbook WHERE id = :p"),
                                        {"p": playbook_id}).scalar()
@@ -788,10 +798,14 @@ def lexical_index(session: Session, playbook_id: str, version: int,
             if int(n or 0) > COLD_BUILD_ROWS:
                 _build_in_background(url, playbook_id)
                 return None
-        idx = _LexIndex()
-        idx.build(_full_rows(conn, playbook_id), version)
-        _store_lex(key, idx)
-        return idx
+        with _build_lock(key):
+            with _lex_lock:
+                idx = _lex.get(key)  # built by whoever held the lock before us
+            if idx is None:
+                idx = _LexIndex()
+                idx.build(_full_rows(conn, playbook_id), version)
+                _store_lex(key, idx)
+                return idx
     if idx.version != version:
         with idx.lock:
             if idx.version != version:

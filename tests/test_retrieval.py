@@ -228,3 +228,29 @@ def test_embed_prompt_creates_an_unknown_playbook(db_url: str, settings_env) -> 
     assert out.endswith(f"{P.BEGIN_MARK}\n{P.END_MARK}") and P.get_playbook("brand-new") is not None
     with pytest.raises(ValueError):
         P.embed_prompt("bad id!", "hello", 5)
+
+
+def test_concurrent_first_queries_build_the_index_once(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service's warm-up and its first requests race to index a playbook: one builds, the others wait."""
+    import threading
+    import time
+
+    P.apply_delta("race", [{"type": "ADD", "content": f"strategy number {i} about parsing dates"} for i in range(50)])
+    R.clear_cache()
+    builds = []
+    real_build = R._LexIndex.build
+
+    def slow_build(self, rows, version):  # type: ignore[no-untyped-def]
+        builds.append(version)
+        time.sleep(0.2)  # long enough for every thread to arrive while it runs
+        real_build(self, rows, version)
+
+    monkeypatch.setattr(R._LexIndex, "build", slow_build)
+    threads = [threading.Thread(target=R.warm, args=("race",))] + [
+        threading.Thread(target=P.retrieve, args=("race", "parse a date", 5)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert [h.bullet.content for h in P.retrieve("race", "parsing dates", 1)][0].startswith("strategy number")
