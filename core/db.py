@@ -139,6 +139,12 @@ def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
 # running their bind processors, so the rows read back exactly as ORM writes.
 
 
+def stored_form(column: Any, dialect: Any) -> Any:
+    """The function that turns a Python value into what `column` stores on this dialect (the dialect's
+    own implementation of the type, e.g. SQLite's datetime text), or None when it stores values as is."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
+
+
 class RowWriter:
     """Plain INSERT / UPDATE statements on one open transaction, typed by the table's columns."""
 
@@ -151,7 +157,7 @@ class RowWriter:
         key = (id(self.dialect), table.name)
         procs = self._procs.get(key)
         if procs is None:
-            procs = {c.name: c.type.bind_processor(self.dialect) for c in table.columns}
+            procs = {c.name: stored_form(c, self.dialect) for c in table.columns}
             self._procs[key] = procs
         return procs
 

@@ -20,11 +20,12 @@ from sqlalchemy import event, func, text
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
-from core.db import insert_rows, read_session, write_session
+from core.db import insert_rows, read_session, stored_form, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
-from core.retrieval import RankWeights, Retrieved, lexical_candidates, search, semantic_near_duplicate
+from core.retrieval import (RankWeights, Retrieved, index_committed, lexical_candidates, search,
+                            semantic_near_duplicate)
 from core.tokens import estimate_tokens
 
 BEGIN_MARK = "**PLAYBOOK_BEGIN**"
@@ -134,6 +135,9 @@ def _similarity(a: str, b: str, need: float) -> float:
     return max(jac, sm.ratio())
 
 
+DEDUP_CANDIDATES = 5  # a near-copy shares nearly all of its words, so BM25 ranks it among the first few
+
+
 def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: float,
                     added: Sequence[Bullet] = ()) -> Optional[tuple[Bullet, float]]:
     """The bullet an ADD repeats: by meaning when embeddings are on, else by wording, among the
@@ -144,7 +148,7 @@ def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: flo
     best: Optional[tuple[Bullet | int, float]] = None
     candidates: list[tuple[Bullet | int, str]] = [(b, b.content) for b in added]
     candidates += [(pk, text_) for pk, text_, _ in
-                   lexical_candidates(session, pb.id, content, 10, synonyms=False, version=pb.current_version)]
+                   lexical_candidates(session, pb.id, content, DEDUP_CANDIDATES, synonyms=False, version=pb.current_version)]
     for ref, text_ in candidates:
         score = _similarity(content, text_, threshold)
         if score >= threshold and (best is None or score > best[1]):
@@ -310,6 +314,7 @@ class _Applier:
         self.s.add(pb)
         self.s.flush()
         _embed_after_commit(self.s, [b.pk for b in self.touched.values() if b.pk is not None])
+        _index_after_commit(self.s, pb.id, number - 1, number, list(self.touched.values()))
         return number
 
 
@@ -318,6 +323,21 @@ def _embed_after_commit(session: Session, pks: list[int]) -> None:
     if not pks or get_settings().embedder == "none":
         return
     event.listen(session, "after_commit", lambda _s: embed_after_write(pks), once=True)
+
+
+def _index_after_commit(session: Session, playbook_id: str, old: int, new: int, bullets: list[Bullet]) -> None:
+    """Once this transaction commits, move the in-memory retrieval index to the new version with the
+    rows it wrote; values are taken now, as stored (the timestamp as its column writes it)."""
+    engine = session.get_bind()
+    stamp = stored_form(_UPDATED_AT, engine.dialect)  # type: ignore[union-attr]
+    rows = [(b.pk, b.status, b.helpful, b.harmful, b.neutral,
+             stamp(b.updated_at) if stamp is not None else b.updated_at, b.section, len(b.content),
+             b.source_episode_id, b.content) for b in bullets if b.pk is not None]
+    url = str(engine.url)  # type: ignore[union-attr]
+    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, rows), once=True)
+
+
+_UPDATED_AT = Bullet.__table__.c.updated_at  # type: ignore[attr-defined]
 
 
 def _summary(results: Sequence[OpResult]) -> str:

@@ -781,6 +781,22 @@ def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
             _lex.popitem(last=False)
 
 
+def index_committed(url: str, playbook_id: str, old_version: int, new_version: int, rows: list[tuple]) -> None:
+    """Bring this process's index from `old_version` to `new_version` with the rows a write just
+    committed (the shape `_refresh` reads), so the next query does not scan the playbook for them.
+    Any other state (another writer got there first, no index yet) is left to `_refresh`."""
+    with _lex_lock:
+        idx = _lex.get((url, playbook_id))
+    if idx is None:
+        return
+    with idx.lock:
+        if idx.version != old_version:
+            return
+        idx.apply_changes(rows, new_version)
+        if idx.stale():
+            idx.version = -1  # the next query rebuilds it (as `_refresh` would)
+
+
 def lexical_index(session: Session, playbook_id: str, version: int,
                   wait: bool = False) -> Optional[_LexIndex]:
     """The playbook's in-memory BM25 index at `version`; None while a large one is still building

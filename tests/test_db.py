@@ -28,6 +28,14 @@ def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
     assert ev.started_at.tzinfo is not None and ev.started_at.utcoffset() == timezone.utc.utcoffset(None)
     assert got.success is True and got.finished_at == when and got.tokens == 7
     assert call.messages == [{"role": "user", "content": "x"}] and call.prompt_tokens == 3
+    # stored exactly as the ORM stores it (SQLite text without a zone), so SQL comparisons and sorts agree
+    raw = db.get_engine().raw_connection()
+    try:
+        stored = raw.execute("SELECT started_at FROM event WHERE episode_id = ?", (ep.id,)).fetchone()[0]
+        orm_stored = raw.execute("SELECT created_at FROM playbook WHERE id = 'p'").fetchone()[0]
+    finally:
+        raw.close()
+    assert stored == when.strftime("%Y-%m-%d %H:%M:%S.%f") and len(stored) == len(orm_stored)
 
 
 def test_row_writer_rolls_back_everything_on_error(db_url: str) -> None:
