@@ -13,9 +13,9 @@ reflection's worth of learning.
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from difflib import SequenceMatcher
 from typing import Optional
 
+from rapidfuzz import fuzz
 from sqlalchemy import event, func, text
 from sqlmodel import Session, col, select
 
@@ -119,20 +119,20 @@ def _words(text_: str) -> set[str]:
 
 def similarity(a: str, b: str) -> float:
     """Lexical near-duplicate score in [0, 1]: the larger of word-set Jaccard and
-    character-sequence ratio, so both reworded and lightly edited copies score high."""
+    character-sequence similarity, so both reworded and lightly edited copies score high."""
     return _similarity(a, b, 0.0)
 
 
 def _similarity(a: str, b: str, need: float) -> float:
-    """`similarity`, skipping the costly sequence ratio when its cheap upper bound cannot reach `need`."""
+    """`similarity`, stopping early once it cannot reach `need`.
+
+    The character score is rapidfuzz's normalised Indel similarity (2 * LCS / total length),
+    bit-parallel C++: ~100x faster than difflib on bullet-sized texts."""
     wa, wb = _words(a), _words(b)
     jac = len(wa & wb) / len(wa | wb) if wa and wb else 0.0
-    if jac >= need and need > 0 or max(len(a), len(b)) >= 2000:
+    if jac >= need > 0:
         return jac
-    sm = SequenceMatcher(None, a.lower(), b.lower())
-    if sm.real_quick_ratio() < need or sm.quick_ratio() < need:
-        return jac
-    return max(jac, sm.ratio())
+    return max(jac, fuzz.ratio(a.lower(), b.lower(), score_cutoff=need * 100) / 100)
 
 
 DEDUP_CANDIDATES = 5  # a near-copy shares nearly all of its words, so BM25 ranks it among the first few
@@ -421,7 +421,7 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
         s.add(delta)
         s.flush()
         known = _load_bullets(s, pb.id, _named_ids(op_list))
-        rows = _store_ops(s, delta, op_list, known)
+        rows = _op_rows(delta, op_list, known)
         ap = _Applier(s, pb, episode_id, delta.id)
         ap.preload(op_list, known)
         results = []
@@ -431,6 +431,7 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
             row.note = res.note or None
             results.append(res)
         delta.version = ap.finish(_summary(results))
+        insert_rows(s.connection(), rows)  # once, already decided; any failure above rolls all of it back
         return ApplyResult(delta.id, delta.version, results)
 
 
