@@ -166,7 +166,7 @@ class RowWriter:
         out = {}
         for name, v in values.items():
             proc = procs[name]  # KeyError: not a column of this table
-            out[name] = proc(v) if proc is not None and v is not None else v
+            out[name] = proc(v) if proc is not None else v  # processors take None too (JSON stores 'null')
         return out
 
     def insert(self, table: Table, rows: Iterable[dict[str, Any] | SQLModel]) -> None:
@@ -258,7 +258,10 @@ def row_writer(url: str | None = None) -> Iterator[RowWriter]:
             try:
                 yield RowWriter(conn, engine.dialect)
             except BaseException:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:  # SQLite may have ended the transaction itself (disk full, I/O error)
+                    pass  # the caller's error is the one to see; the pool resets the connection anyway
                 raise
             conn.execute("COMMIT")
         finally:

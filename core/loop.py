@@ -274,8 +274,8 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     if spec.workflow == "review" and spec.mode == "llm":
         from core.review import run_review_episode
 
-        return run_review_episode(spec, episode_id=episode_id, roles=roles, sandbox=sandbox, job_id=job_id,
-                                  settings=settings, on_event=on_event)
+        return run_review_episode(spec, episode_id=episode_id or (episode.id if episode else None), roles=roles,
+                                  sandbox=sandbox, job_id=job_id, settings=settings, on_event=on_event)
     settings = settings or get_settings()
     fresh = episode is not None or not episode_id
     ep = episode or (_load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id))

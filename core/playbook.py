@@ -13,14 +13,14 @@ reflection's worth of learning.
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from rapidfuzz import fuzz
 from sqlalchemy import event, func, text
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
-from core.db import insert_rows, read_session, stored_form, write_session
+from core.db import insert_rows, is_sqlite, read_session, stored_form, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
@@ -139,16 +139,21 @@ DEDUP_CANDIDATES = 5  # a near-copy shares nearly all of its words, so BM25 rank
 
 
 def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: float,
-                    added: Sequence[Bullet] = ()) -> Optional[tuple[Bullet, float]]:
-    """The bullet an ADD repeats: by meaning when embeddings are on, else by wording, among the
-    committed bullets and those `added` earlier in the same delta."""
+                    local: Sequence[Bullet] = (), changed: frozenset[int] | set[int] = frozenset()
+                    ) -> Optional[tuple[Bullet, float]]:
+    """The bullet an ADD repeats: by meaning when embeddings are on, else by wording.
+
+    `local`: bullets as this delta left them so far (compared by their current text); `changed`:
+    pks this delta touched, whose committed state the indexes still show and so are skipped there.
+    """
     semantic = semantic_near_duplicate(session, pb.id, content, get_settings().semantic_dedup_threshold)
-    if semantic is not None:
+    if semantic is not None and semantic[0].pk not in changed:
         return semantic
     best: Optional[tuple[Bullet | int, float]] = None
-    candidates: list[tuple[Bullet | int, str]] = [(b, b.content) for b in added]
+    candidates: list[tuple[Bullet | int, str]] = [(b, b.content) for b in local]
     candidates += [(pk, text_) for pk, text_, _ in
-                   lexical_candidates(session, pb.id, content, DEDUP_CANDIDATES, synonyms=False, version=pb.current_version)]
+                   lexical_candidates(session, pb.id, content, DEDUP_CANDIDATES, synonyms=False, version=pb.current_version)
+                   if pk not in changed]
     for ref, text_ in candidates:
         score = _similarity(content, text_, threshold)
         if score >= threshold and (best is None or score > best[1]):
@@ -190,19 +195,20 @@ class _Applier:
         (the Curator's deltas); a person's explicit delta keeps both."""
         self.s, self.pb, self.episode_id, self.delta_id = session, pb, episode_id, delta_id
         self.dedup_within = dedup_within
+        self.created: set[int] = set()  # id() of the bullets this delta made
         self.touched: dict[int, Bullet] = {}
         self.tokens_before: dict[int, int] = {}
         self.count_change = 0
         self.threshold = get_settings().dedup_threshold
         self.cache: dict[str, Bullet] = {}
 
-    def snapshot(self) -> tuple[dict[int, Bullet], dict[int, int], int, dict[str, Bullet]]:
-        return dict(self.touched), dict(self.tokens_before), self.count_change, dict(self.cache)
+    def snapshot(self) -> tuple[Any, ...]:
+        return dict(self.touched), dict(self.tokens_before), self.count_change, dict(self.cache), set(self.created)
 
-    def restore(self, state: tuple[dict[int, Bullet], dict[int, int], int, dict[str, Bullet]]) -> None:
-        """Undo the bookkeeping of an op whose savepoint was rolled back (the ORM undoes the rows)."""
-        self.touched, self.tokens_before, self.count_change, self.cache = (dict(state[0]), dict(state[1]),
-                                                                           state[2], dict(state[3]))
+    def restore(self, state: tuple[Any, ...]) -> None:
+        """Undo the bookkeeping of a rejected op (which changed no row: `apply` checks before it changes)."""
+        self.touched, self.tokens_before, self.cache = dict(state[0]), dict(state[1]), dict(state[3])
+        self.count_change, self.created = state[2], set(state[4])
 
     def preload(self, ops: Sequence[OpIn], known: Optional[dict[str, Bullet]] = None) -> None:
         """Fetch every bullet the ops name in one query instead of one (plus an autoflush) each;
@@ -240,6 +246,7 @@ class _Applier:
                    source_episode_id=self.episode_id, source_delta_id=self.delta_id)
         self.s.add(b)  # flushed with the rest in finish(): one round trip, not one per bullet
         self.tokens_before[id(b)] = 0
+        self.created.add(id(b))
         self.mark(b)
         self.count_change += 1
         return b
@@ -249,9 +256,12 @@ class _Applier:
         now = utcnow()
         if op.type == "ADD":
             content = check_content(op.content)
-            added = ([b for b in self.touched.values() if b.pk is None and b.status == "active"]
-                     if self.dedup_within else [])
-            dup = _near_duplicate(self.s, self.pb, content, self.threshold, added)
+            # Bullets this delta already touched are judged as they are now (removed, merged or
+            # rewritten ones are not duplicates any more); the index and FTS5 know only committed rows.
+            touched = list(self.touched.values())
+            local = [b for b in touched if b.status == "active" and (self.dedup_within or id(b) not in self.created)]
+            dup = _near_duplicate(self.s, self.pb, content, self.threshold, local,
+                                  {b.pk for b in touched if b.pk is not None})
             if dup is not None:
                 b, score = dup
                 self._touch(b)
@@ -506,6 +516,11 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
         known = _load_bullets(s, pb.id, _named_ids(op_list))
         if not auto or not op_list:
             return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)[0].id, None
+        if not is_sqlite(s.get_bind()):  # type: ignore[arg-type]
+            # ids below come from max(oid) under SQLite's write lock; elsewhere let the database assign them
+            delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)
+            return delta.id, _decide(s, delta, [Decision(row.oid, True) for row in rows], "auto",  # type: ignore[arg-type]
+                                     lenient=True, rows=rows, known=known)
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
                       base_version=pb.current_version)
         s.add(delta)

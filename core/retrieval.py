@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -792,9 +792,14 @@ def index_committed(url: str, playbook_id: str, old_version: int, new_version: i
     with idx.lock:
         if idx.version != old_version:
             return
-        idx.apply_changes(rows, new_version)
-        if idx.stale():
-            idx.version = -1  # the next query rebuilds it (as `_refresh` would)
+        try:
+            idx.apply_changes(rows, new_version)
+            if idx.stale():
+                idx.version = -1  # the next query rebuilds it (as `_refresh` would)
+        except Exception as exc:  # runs inside a commit that already succeeded: never fail the caller
+            log.warning("updating the lexical index of %s failed; it will be rebuilt: %s", playbook_id, exc)
+            idx.sig.clear()
+            idx.version = -1
 
 
 def lexical_index(session: Session, playbook_id: str, version: int,
@@ -1006,6 +1011,27 @@ def cached_only() -> Iterator[None]:
 _VERSION_RAW = "SELECT current_version FROM playbook WHERE id = ?"
 
 
+_readers = threading.local()
+
+
+def _reader(engine) -> Any:  # type: ignore[no-untyped-def]
+    """This thread's own DBAPI connection for the cached path's tiny reads, kept out of the pool: on
+    the service's event loop a checkout must never wait for the pool (busy threads could exhaust it).
+    One per thread, for the engine it last used (autocommit: it holds no snapshot between reads)."""
+    held = getattr(_readers, "held", None)
+    if held is not None and held[0] is engine:
+        return held[1]
+    if held is not None:
+        try:
+            held[1].close()
+        except Exception:
+            pass
+    conn = engine.raw_connection()
+    conn.detach()
+    _readers.held = (engine, conn)
+    return conn
+
+
 def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
                    synonyms: bool) -> Optional[list[Retrieved]]:
     """Lexical search from the cached index alone, or None when it cannot answer so.
@@ -1025,27 +1051,31 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
             _lex.move_to_end(key)
     if idx is None:
         return None
-    raw = engine.raw_connection()
+    raw = _reader(engine)
+    row = raw.execute(_VERSION_RAW, (playbook_id,)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    version = int(row[0])
+    terms = query_terms(q_text, synonyms)
+    # never wait for the index lock (a refresh or rebuild may hold it for a while): the normal path will
+    if not idx.lock.acquire(blocking=False):
+        return None
     try:
-        row = raw.execute(_VERSION_RAW, (playbook_id,)).fetchone()
-        if row is None or row[0] is None:
+        if idx.version != version:
             return None
-        version = int(row[0])
-        terms = query_terms(q_text, synonyms)
-        with idx.lock:
-            if idx.version != version:
-                return None
-            cols = _LexCols.of_index(idx, *idx.score(terms, max(50, 5 * k)))
-        tasks: dict[str, str] = {}
-        if weights.provenance:
-            ids = sorted({e for e in cols.episodes if e})
-            if ids:
-                tasks = dict(raw.execute(f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
-                                         ids).fetchall())
+        cols = _LexCols.of_index(idx, *idx.score(terms, max(50, 5 * k)))
     finally:
-        raw.close()
+        idx.lock.release()
+    tasks: dict[str, str] = {}
+    if weights.provenance:
+        ids = sorted({e for e in cols.episodes if e})
+        if ids:
+            tasks = dict(raw.execute(f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
+                                     ids).fetchall())
     best = _rank_plain(cols, q_text, tasks, k, weights)
-    with idx.lock:
+    if not idx.lock.acquire(blocking=False):
+        return None
+    try:
         if idx.version != version:
             return None
         cached = idx.bullets
@@ -1062,7 +1092,9 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
             if any(pk not in cached for pk in fill):
                 return None
             out += _fallback_hits([cached[pk] for pk in fill], weights)
-    return out
+    finally:
+        idx.lock.release()
+    return out or None  # nothing at all (an empty playbook): the normal path decides what that means
 
 
 def search(playbook_id: str, query: str, k: int, weights: RankWeights,

@@ -38,6 +38,21 @@ def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
     assert stored == when.strftime("%Y-%m-%d %H:%M:%S.%f") and len(stored) == len(orm_stored)
 
 
+def test_row_writer_stores_json_none_as_the_orm_does(db_url: str) -> None:
+    from core.models import Job
+
+    with db.write_session() as s:
+        s.add(Job(id="orm", kind="x", payload={}, result=None))
+    with db.row_writer() as w:
+        w.add([Job(id="plain", kind="x", payload={}, result=None)])
+    raw = db.get_engine().raw_connection()
+    try:
+        got = dict(raw.execute("SELECT id, result FROM job").fetchall())
+    finally:
+        raw.close()
+    assert got["plain"] == got["orm"]
+
+
 def test_row_writer_rolls_back_everything_on_error(db_url: str) -> None:
     ep = create_episode(TaskSpec(task="t", playbook_id="p"))
     with pytest.raises(RuntimeError), db.row_writer() as w:

@@ -292,3 +292,23 @@ def test_dedup_ranks_with_the_in_memory_index_when_it_is_current(pb: str, monkey
     _, res = P.submit_delta(pb, [{"type": "ADD", "content": "Sort dictionaries by value: sorted(d.items(), "
                                                           "key=lambda kv: kv[1])"}], auto=True)
     assert res is not None and [x.type for x in res.results] == ["TAG"] and res.results[0].bullet_id == "py-00002"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_dedup_judges_bullets_as_the_delta_left_them(pb: str, warm: bool) -> None:
+    """A bullet removed, merged or rewritten earlier in the same delta is no duplicate of a later ADD."""
+    if warm:
+        P.retrieve(pb, "integer division", 3)  # the in-memory index at the committed version
+    copy_1 = "Integer division with // keeps results as int."
+    _, res = P.submit_delta(pb, [{"type": "REMOVE", "bullet_id": "py-00001"}, {"type": "ADD", "content": copy_1}],
+                            auto=True)
+    assert res is not None and [x.type for x in res.results] == ["REMOVE", "ADD"]
+    old_2 = P.get_bullet(pb, "py-00002").content
+    _, res = P.submit_delta(pb, [{"type": "UPDATE", "bullet_id": "py-00002", "content": "Use heapq for top-k"},
+                                 {"type": "ADD", "content": old_2}], auto=True)
+    assert res is not None and [x.type for x in res.results] == ["UPDATE", "ADD"]
+    # a rejected op in between (its lookup flushes the session) must not hide an earlier ADD
+    twin = "Prefer pathlib.Path over os.path for building file paths"
+    _, res = P.submit_delta(pb, [{"type": "ADD", "content": twin}, {"type": "TAG", "bullet_id": "py-09999", "tag": "helpful"},
+                                 {"type": "ADD", "content": twin + "."}], auto=True)
+    assert res is not None and [x.type for x in res.results] == ["ADD", "TAG"] and len(res.rejected) == 1

@@ -109,3 +109,22 @@ def test_render_writes_bullet_lines_whether_loaded_or_expired(playbook: str) -> 
         assert b is not None
         s.expire(b)  # its attributes are gone from the instance: render must load them
         assert P.render(None, [b]).splitlines() == [P.BEGIN_MARK, f"## {b.section}", P.bullet_line(b), P.END_MARK]
+
+
+def test_cached_path_never_waits_for_a_busy_index(db_url: str) -> None:
+    """The service runs this path on its event loop: a refresh holding the index lock in another
+    thread must send it to the thread pool at once, not block every request behind it."""
+    import time
+
+    from core.db import get_engine
+
+    P.apply_delta("busy", [{"type": "ADD", "content": f"{w} strategy"} for w in VOCAB])
+    P.retrieve("busy", "sort csv", 5)
+    idx = R._lex[(str(get_engine().url), "busy")]
+    with idx.lock:  # as a refresh in another thread would
+        t0 = time.perf_counter()
+        with pytest.raises(R.NotCached), R.cached_only():
+            P.embed_prompt("busy", "sort csv", 5)
+        assert time.perf_counter() - t0 < 1.0
+    with R.cached_only():
+        assert "strategy" in P.embed_prompt("busy", "sort csv", 5)
