@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from rapidfuzz import fuzz
-from sqlalchemy import event, func, text
+from sqlalchemy import event, func, text, update
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
@@ -473,7 +473,6 @@ def _settle(s: Session, delta: Delta, rows: Sequence[DeltaOp]) -> None:
     approved = sum(r.decision == "approved" for r in rows)
     delta.status = "applied" if approved == len(rows) and rows else ("rejected" if approved == 0 else "partially_applied")
     delta.decided_at = utcnow()
-    s.add(delta)
 
 
 @dataclass
@@ -521,19 +520,22 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
             delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)
             return delta.id, _decide(s, delta, [Decision(row.oid, True) for row in rows], "auto",  # type: ignore[arg-type]
                                      lenient=True, rows=rows, known=known)
+        # The delta and its ops are plain rows here, not objects for the unit of work: the delta goes in
+        # first (bullets refer to it), the ops are decided before they are stored and then inserted once
+        # with their decisions, and the delta gets its outcome. Op ids are assigned here, under the write lock.
+        conn = s.connection()
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
                       base_version=pb.current_version)
-        s.add(delta)
-        s.flush()
-        # The ops are decided before they are stored, then inserted once with their decisions: no
-        # insert-then-update per op. Their ids are assigned here; this transaction holds the write lock.
+        insert_rows(conn, [delta])
         rows = _op_rows(delta, op_list, known)
-        first = int(s.connection().execute(text("SELECT coalesce(max(oid), 0) + 1 FROM deltaop")).scalar_one())
+        first = int(conn.execute(text("SELECT coalesce(max(oid), 0) + 1 FROM deltaop")).scalar_one())
         for i, row in enumerate(rows):
             row.oid = first + i
         res = _decide(s, delta, [Decision(first + i, True) for i in range(len(rows))], "auto", lenient=True,
                       rows=rows, known=known)
-        insert_rows(s.connection(), rows)
+        insert_rows(conn, rows)
+        conn.execute(update(Delta.__table__).where(Delta.__table__.c.id == delta.id).values(  # type: ignore[attr-defined]
+            status=delta.status, version=delta.version, decided_at=delta.decided_at))
         return delta.id, res
 
 
