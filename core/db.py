@@ -123,11 +123,7 @@ def write_session(url: str | None = None) -> Iterator[Session]:
 def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
     """Insert new table objects with Core statements inside a Session's transaction: for write-only rows
     (revisions, versions) the unit of work would only track."""
-    by_table: dict[Any, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_table.setdefault(type(row).__table__, []).append(_row_values(row))  # type: ignore[attr-defined]
-    for table, values in by_table.items():
-        conn.execute(insert(table), values)
+    RowWriter(None, conn.dialect, core=conn).add(rows)
 
 
 # ----------------------------------------------------------- the hot write path
@@ -148,13 +144,13 @@ def stored_form(column: Any, dialect: Any) -> Any:
 class RowWriter:
     """Plain INSERT / UPDATE statements on one open transaction, typed by the table's columns."""
 
-    _procs: dict[tuple[int, str], dict[str, Any]] = {}
+    _procs: dict[tuple[str, str], dict[str, Any]] = {}
 
     def __init__(self, conn: Any, dialect: Any, core: Connection | None = None):
         self.conn, self.dialect, self.core = conn, dialect, core
 
     def _processors(self, table: Table) -> dict[str, Any]:
-        key = (id(self.dialect), table.name)
+        key = (self.dialect.name, table.name)
         procs = self._procs.get(key)
         if procs is None:
             procs = {c.name: stored_form(c, self.dialect) for c in table.columns}
@@ -207,12 +203,16 @@ class RowWriter:
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """One value from a query written with `?` placeholders."""
         if self.core is not None:
-            names = {f"p{i}": v for i, v in enumerate(params)}
-            for i in range(len(params)):
-                sql = sql.replace("?", f":p{i}", 1)
-            return self.core.execute(text(sql), names).scalar()
+            return self.core.execute(*_named(sql, params)).scalar()
         row = self.conn.execute(sql, tuple(params)).fetchone()
         return row[0] if row is not None else None
+
+
+def _named(sql: str, params: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    """A `?` query as a SQLAlchemy text() with named parameters, for databases other than SQLite."""
+    for i in range(len(params)):
+        sql = sql.replace("?", f":p{i}", 1)
+    return text(sql), {f"p{i}": v for i, v in enumerate(params)}
 
 
 def _row_values(row: SQLModel) -> dict[str, Any]:
@@ -224,23 +224,37 @@ def _row_values(row: SQLModel) -> dict[str, Any]:
     return values
 
 
+_readers = threading.local()
+
+
+def thread_reader(engine: Engine) -> Any:
+    """This thread's own SQLite DBAPI connection for tiny hot reads, kept out of the pool: on the
+    service's event loop a checkout must never wait for the pool (busy threads could exhaust it).
+    One per thread, for the engine it last used (autocommit: it holds no snapshot between reads)."""
+    held = getattr(_readers, "held", None)
+    if held is not None and held[0] is engine:
+        return held[1]
+    if held is not None:
+        try:
+            held[1].close()
+        except Exception:
+            pass
+    conn = engine.raw_connection()
+    conn.detach()
+    _readers.held = (engine, conn)
+    return conn
+
+
 def query_row(sql: str, params: Sequence[Any] = (), url: str | None = None) -> Optional[tuple[Any, ...]]:
     """One row of a read written with `?` placeholders, without a Session: for hot lookups.
     Values come back as the driver gives them (no column types applied)."""
     engine = get_engine(url)
     if not is_sqlite(engine):
-        names = {f"p{i}": v for i, v in enumerate(params)}
-        for i in range(len(params)):
-            sql = sql.replace("?", f":p{i}", 1)
         with engine.connect() as conn:
-            row = conn.execute(text(sql), names).first()
+            row = conn.execute(*_named(sql, params)).first()
             return tuple(row) if row is not None else None
-    conn = engine.raw_connection()
-    try:
-        row = conn.execute(sql, tuple(params)).fetchone()
-        return tuple(row) if row is not None else None
-    finally:
-        conn.close()
+    row = thread_reader(engine).execute(sql, tuple(params)).fetchone()
+    return tuple(row) if row is not None else None
 
 
 @contextmanager

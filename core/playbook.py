@@ -12,6 +12,7 @@ reflection's worth of learning.
 
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -139,7 +140,7 @@ DEDUP_CANDIDATES = 5  # a near-copy shares nearly all of its words, so BM25 rank
 
 
 def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: float,
-                    local: Sequence[Bullet] = (), changed: frozenset[int] | set[int] = frozenset()
+                    local: Sequence[Bullet] = (), changed: AbstractSet[int] = frozenset()
                     ) -> Optional[tuple[Bullet, float]]:
     """The bullet an ADD repeats: by meaning when embeddings are on, else by wording.
 

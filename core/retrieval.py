@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -37,7 +37,7 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import get_engine, is_sqlite, read_session
+from core.db import get_engine, is_sqlite, read_session, thread_reader
 from core.embeddings import Embedder, embed_query, get_embedder
 from core.models import Bullet
 
@@ -232,31 +232,23 @@ def _lexical_rows(session: Session, playbook_id: str, query: str, limit: int, sy
     return rows
 
 
-def _current_index(session: Session, playbook_id: str, version: int) -> "Optional[_LexIndex]":
-    """The cached in-memory index if it is exactly at `version`; never builds or refreshes one (inside a
-    write transaction that would index rows which may still roll back)."""
-    with _lex_lock:
-        idx = _lex.get((str(session.get_bind().url), playbook_id))  # type: ignore[union-attr]
-    return idx if idx is not None and idx.version == version else None
-
-
 def lexical_candidates(session: Session, playbook_id: str, query: str, limit: int,
                        synonyms: bool = True, version: Optional[int] = None) -> list[tuple[int, str, float]]:
     """(bullet pk, content, relevance >= 0) by BM25, best first: plain rows, so a caller inside a
     write transaction (dedup) neither builds objects nor flushes for candidates it then discards.
 
     `version`: the playbook's committed version; when the in-memory index is at it, it ranks (no
-    FTS5 statements), else FTS5 does. Either way only committed rows are candidates.
+    FTS5 statements), else FTS5 does. Either way only committed rows are candidates: the index is
+    never built or refreshed here (inside a write transaction it would take rows that may roll back).
     """
-    idx = _current_index(session, playbook_id, version) if version is not None else None
+    rows = None
+    idx = _lex_get((str(session.get_bind().url), playbook_id)) if version is not None else None  # type: ignore[union-attr]
     if idx is not None:
         with idx.lock:
             if idx.version == version:
                 slots, bm25 = idx.score(query_terms(query, synonyms), limit)
                 rows = [(int(idx.pks[i]), float(v)) for i, v in zip(slots, bm25)]
-            else:
-                rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
-    else:
+    if rows is None:
         rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
     if not rows:
         return []
@@ -773,6 +765,15 @@ def _build_in_background(url: str, playbook_id: str) -> None:
     threading.Thread(target=run, name=f"lex-index-{playbook_id}", daemon=True).start()
 
 
+def _lex_get(key: tuple[str, str]) -> Optional[_LexIndex]:
+    """The cached index of (database url, playbook), marked as recently used."""
+    with _lex_lock:
+        idx = _lex.get(key)
+        if idx is not None:
+            _lex.move_to_end(key)
+    return idx
+
+
 def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
     with _lex_lock:
         _lex[key] = idx
@@ -785,8 +786,7 @@ def index_committed(url: str, playbook_id: str, old_version: int, new_version: i
     """Bring this process's index from `old_version` to `new_version` with the rows a write just
     committed (the shape `_refresh` reads), so the next query does not scan the playbook for them.
     Any other state (another writer got there first, no index yet) is left to `_refresh`."""
-    with _lex_lock:
-        idx = _lex.get((url, playbook_id))
+    idx = _lex_get((url, playbook_id))
     if idx is None:
         return
     with idx.lock:
@@ -808,10 +808,7 @@ def lexical_index(session: Session, playbook_id: str, version: int,
     (the caller then uses FTS5). `wait=True` builds it here, whatever its size."""
     url = str(session.get_bind().url)  # type: ignore[union-attr]
     key = (url, playbook_id)
-    with _lex_lock:
-        idx = _lex.get(key)
-        if idx is not None:
-            _lex.move_to_end(key)
+    idx = _lex_get(key)
     conn = session.connection()
     if idx is None:
         if not wait and is_sqlite(session.get_bind()):  # type: ignore[arg-type]
@@ -820,8 +817,7 @@ def lexical_index(session: Session, playbook_id: str, version: int,
                 _build_in_background(url, playbook_id)
                 return None
         with _build_lock(key):
-            with _lex_lock:
-                idx = _lex.get(key)  # built by whoever held the lock before us
+            idx = _lex_get(key)  # built by whoever held the lock before us
             if idx is None:
                 idx = _LexIndex()
                 idx.build(_full_rows(conn, playbook_id), version)
@@ -1011,27 +1007,6 @@ def cached_only() -> Iterator[None]:
 _VERSION_RAW = "SELECT current_version FROM playbook WHERE id = ?"
 
 
-_readers = threading.local()
-
-
-def _reader(engine) -> Any:  # type: ignore[no-untyped-def]
-    """This thread's own DBAPI connection for the cached path's tiny reads, kept out of the pool: on
-    the service's event loop a checkout must never wait for the pool (busy threads could exhaust it).
-    One per thread, for the engine it last used (autocommit: it holds no snapshot between reads)."""
-    held = getattr(_readers, "held", None)
-    if held is not None and held[0] is engine:
-        return held[1]
-    if held is not None:
-        try:
-            held[1].close()
-        except Exception:
-            pass
-    conn = engine.raw_connection()
-    conn.detach()
-    _readers.held = (engine, conn)
-    return conn
-
-
 def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
                    synonyms: bool) -> Optional[list[Retrieved]]:
     """Lexical search from the cached index alone, or None when it cannot answer so.
@@ -1045,13 +1020,10 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
     if not is_sqlite(engine):
         return None
     key = (str(engine.url), playbook_id)
-    with _lex_lock:
-        idx = _lex.get(key)
-        if idx is not None:
-            _lex.move_to_end(key)
+    idx = _lex_get(key)
     if idx is None:
         return None
-    raw = _reader(engine)
+    raw = thread_reader(engine)
     row = raw.execute(_VERSION_RAW, (playbook_id,)).fetchone()
     if row is None or row[0] is None:
         return None
