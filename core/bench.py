@@ -35,7 +35,7 @@ from sqlmodel import select
 from core import jobs
 from core.config import get_settings
 from core.db import read_session, row_writer, write_session
-from core.loop import Roles, TaskSpec, create_episode, learned_delta, run_episode
+from core.loop import Roles, TaskSpec, learned_delta, new_episode, run_episode
 from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
 from core.suites import Suite, SuiteError, SuiteTask, load_suite
 
@@ -262,11 +262,20 @@ class _Ctx:
             self.on_progress(event)
 
 
-def _claim(run_id: str, u: Unit, episode_id: str) -> bool:
+def _claim(run_id: str, u: Unit, ep: Episode, row: Optional[BenchResult]) -> bool:
+    """Store the task's new episode and mark its row running, in one transaction.
+
+    Together, so a run killed between the two never leaves an episode no row points to.
+    """
     try:
         with row_writer() as w:
-            w.add([BenchResult(run_id=run_id, arm=u.arm, phase=u.phase, epoch=u.epoch, task_key=u.task.id,
-                               episode_id=episode_id, error=RUNNING)])
+            w.add([ep])
+            if row is None:
+                w.add([BenchResult(run_id=run_id, arm=u.arm, phase=u.phase, epoch=u.epoch, task_key=u.task.id,
+                                   episode_id=ep.id, error=RUNNING)])
+            else:
+                w.update(BenchResult.__table__, {"id": row.id},  # type: ignore[attr-defined]
+                         {"episode_id": ep.id, "error": RUNNING})
         return True
     except (IntegrityError, sqlite3.IntegrityError):  # the row exists: another runner has the task
         return False
@@ -340,15 +349,9 @@ def _run_unit(ctx: _Ctx, u: Unit) -> Optional[dict[str, Any]]:
         with read_session() as s:
             ep = s.get(Episode, row.episode_id)
     if ep is None:
-        ep, fresh = create_episode(spec, job_id=ctx.job_id), True
-        if row is None:
-            if not _claim(ctx.run.id, u, ep.id):
-                return None  # another runner has it
-        else:
-            with write_session() as s:
-                r = s.get(BenchResult, row.id)
-                r.episode_id, r.error = ep.id, RUNNING  # type: ignore[union-attr]
-                s.add(r)
+        ep, fresh = new_episode(spec, job_id=ctx.job_id), True
+        if not _claim(ctx.run.id, u, ep, row):
+            return None  # another runner has it
     elif _learned_or_frozen(ep, spec):
         return _finish(ctx, u, ep.id, None)  # killed after the episode ended, before its row was written
     try:

@@ -214,8 +214,8 @@ def _update_episode(episode_id: str, **values: Any) -> None:
         w.update(_EPISODES, {"id": episode_id}, values)
 
 
-def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
-    """Record the episode before it runs, with its playbook chosen and why."""
+def new_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
+    """The episode's row, playbook chosen and why, not yet stored: a caller may store it with rows of its own."""
     settings = settings or get_settings()
     if spec.playbook_id:
         env, reason = None, f"playbook '{spec.playbook_id}' chosen by the user"
@@ -232,7 +232,13 @@ def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: 
                  routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
                  model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
                  bench_run_id=spec.bench_run_id)
-    with row_writer() as w:  # a plain INSERT: this runs once per benchmark task
+    return ep
+
+
+def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
+    """Record the episode before it runs, with its playbook chosen and why."""
+    ep = new_episode(spec, settings, job_id)
+    with row_writer() as w:  # a plain INSERT
         w.add([ep])
     return ep
 

@@ -213,6 +213,25 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
     assert len(out_csv.read_text().splitlines()) == 13 and json.loads(out_json.read_text())["run"]["id"] == run_id
 
 
+def test_a_task_claimed_elsewhere_leaves_no_episode_behind(suite_file: Path) -> None:
+    """The episode and its claim are one transaction: a lost claim stores neither, a kill between them cannot split them."""
+    from core.loop import TaskSpec, new_episode
+
+    run_id = bench.create_run(str(suite_file), epochs=1, split=0.5)
+    unit = bench.Unit("baseline", "test", 0, load_suite(str(suite_file)).tasks[0])
+    first, second = (new_episode(TaskSpec(task="t", playbook_id="p", bench_run_id=run_id)) for _ in range(2))
+    assert bench._claim(run_id, unit, first, None) is True
+    assert bench._claim(run_id, unit, second, None) is False  # the row exists: another runner has the task
+    with read_session() as ses:
+        stored = [e.id for e in ses.exec(select(Episode).where(Episode.bench_run_id == run_id))]
+        rows = list(ses.exec(select(BenchResult).where(BenchResult.run_id == run_id)))
+    assert stored == [first.id] and [(r.episode_id, r.error) for r in rows] == [(first.id, bench.RUNNING)]
+    retry = new_episode(TaskSpec(task="t", playbook_id="p", bench_run_id=run_id))
+    assert bench._claim(run_id, unit, retry, rows[0]) is True  # a resumed run re-points the row at its new episode
+    with read_session() as ses:
+        assert ses.get(BenchResult, rows[0].id).episode_id == retry.id
+
+
 def test_cli_runs_a_suite_file_and_reports_usage_errors(fake_llm, suite_file: Path, capsys) -> None:
     from core.cli import main
 
