@@ -120,10 +120,17 @@ def write_session(url: str | None = None) -> Iterator[Session]:
             raise
 
 
+def connection_writer(conn: Connection) -> "RowWriter":
+    """Plain statements inside the transaction a Session (or Core connection) already holds: for rows
+    the unit of work would only track. On SQLite they go straight to its DBAPI connection."""
+    if conn.dialect.name == "sqlite":
+        return RowWriter(conn.connection.dbapi_connection, conn.dialect)
+    return RowWriter(None, conn.dialect, core=conn)
+
+
 def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
-    """Insert new table objects with Core statements inside a Session's transaction: for write-only rows
-    (revisions, versions) the unit of work would only track."""
-    RowWriter(None, conn.dialect, core=conn).add(rows)
+    """Insert new table objects inside a Session's transaction, without the unit of work."""
+    connection_writer(conn).add(rows)
 
 
 # ----------------------------------------------------------- the hot write path
@@ -178,6 +185,15 @@ class RowWriter:
             sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
             self.conn.executemany(sql, [tuple(self._values(table, v).values()) for v in group])
 
+    def insert_one(self, row: SQLModel) -> Any:
+        """Insert one new table object; its generated primary key."""
+        table = type(row).__table__  # type: ignore[attr-defined]
+        values = _row_values(row)
+        if self.core is not None:
+            return self.core.execute(insert(table).values(**values)).inserted_primary_key[0]
+        sql = f"INSERT INTO {table.name} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
+        return self.conn.execute(sql, tuple(self._values(table, values).values())).lastrowid
+
     def add(self, rows: Iterable[SQLModel]) -> None:
         """Insert new table objects, of any tables, grouped into one statement per table."""
         by_table: dict[Table, list[SQLModel]] = {}
@@ -200,12 +216,24 @@ class RowWriter:
                f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
         return int(self.conn.execute(sql, (*vals.values(), *keys.values())).rowcount)
 
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """All rows of a query written with `?` placeholders, values as the driver gives them."""
+        if self.core is not None:
+            return [tuple(r) for r in self.core.execute(*_named(sql, params))]
+        return self.conn.execute(sql, tuple(params)).fetchall()
+
+    def row(self, sql: str, params: Sequence[Any] = ()) -> Optional[tuple[Any, ...]]:
+        """One row of a query written with `?` placeholders, values as the driver gives them."""
+        if self.core is not None:
+            found = self.core.execute(*_named(sql, params)).first()
+            return tuple(found) if found is not None else None
+        found = self.conn.execute(sql, tuple(params)).fetchone()
+        return tuple(found) if found is not None else None
+
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """One value from a query written with `?` placeholders."""
-        if self.core is not None:
-            return self.core.execute(*_named(sql, params)).scalar()
-        row = self.conn.execute(sql, tuple(params)).fetchone()
-        return row[0] if row is not None else None
+        found = self.row(sql, params)
+        return found[0] if found is not None else None
 
 
 def _named(sql: str, params: Sequence[Any]) -> tuple[Any, dict[str, Any]]:

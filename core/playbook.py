@@ -18,14 +18,15 @@ from typing import Any, Optional
 
 from rapidfuzz import fuzz
 from sqlalchemy import event, func, text, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from core.config import get_settings
-from core.db import insert_rows, is_sqlite, read_session, stored_form, write_session
+from core.db import connection_writer, insert_rows, is_sqlite, read_session, stored_form, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
-from core.retrieval import (RankWeights, Retrieved, index_committed, lexical_candidates, search,
+from core.retrieval import (RankWeights, Retrieved, detached_copy, index_committed, lexical_candidates, search,
                             semantic_near_duplicate)
 from core.tokens import estimate_tokens
 
@@ -187,8 +188,18 @@ def _line_tokens(b: Bullet) -> int:
     return estimate_tokens(bullet_line(b)) if b.status == "active" else 0
 
 
+_MUTABLE = ("section", "content", "helpful", "harmful", "neutral", "status", "merged_into", "updated_at")
+_BULLETS = Bullet.__table__  # type: ignore[attr-defined]
+_PLAYBOOKS = Playbook.__table__  # type: ignore[attr-defined]
+
+
 class _Applier:
-    """Applies ops inside one transaction, remembering what it touched."""
+    """Applies ops inside one transaction, remembering what it touched.
+
+    Bullets it changes are taken out of the session and written by `finish` with plain statements
+    (only the columns that changed, so a counter tag never re-indexes the text): the unit of work
+    never tracks them, and never flushes them half way through a delta.
+    """
 
     def __init__(self, session: Session, pb: Playbook, episode_id: Optional[str], delta_id: str,
                  dedup_within: bool = False):
@@ -199,6 +210,7 @@ class _Applier:
         self.created: set[int] = set()  # id() of the bullets this delta made
         self.touched: dict[int, Bullet] = {}
         self.tokens_before: dict[int, int] = {}
+        self.stored: dict[int, tuple[Any, ...]] = {}  # id() -> the mutable columns as stored, for existing bullets
         self.count_change = 0
         self.threshold = get_settings().dedup_threshold
         self.cache: dict[str, Bullet] = {}
@@ -217,9 +229,13 @@ class _Applier:
         self.cache.update(known if known is not None else _load_bullets(self.s, self.pb.id, _named_ids(ops)))
 
     def _touch(self, b: Bullet) -> None:
-        """Remember a bullet's rendered size before its first change."""
+        """Remember a bullet's rendered size and stored state before its first change."""
         if id(b) not in self.tokens_before:
             self.tokens_before[id(b)] = _line_tokens(b)
+            self.stored[id(b)] = tuple(getattr(b, c) for c in _MUTABLE)
+            self.cache[b.id] = b  # out of the session below: later ops must find this object, not reload it
+            if b in self.s:
+                self.s.expunge(b)  # finish() writes it
 
     def mark(self, b: Bullet) -> None:
         """Record that `b` changed: it gets a revision in the new version."""
@@ -232,6 +248,7 @@ class _Applier:
         if b.status != "active":
             raise DeltaError(f"{what}: bullet {bullet_id!r} was removed" +
                              (f" (merged into {b.merged_into})" if b.merged_into else ""))
+        self.cache[b.id] = b  # the same object for every op that names it
         return b
 
     def _new_bullet(self, section: Optional[str], content: str, helpful: int = 0, harmful: int = 0,
@@ -240,14 +257,14 @@ class _Applier:
             prefix = ENV_PREFIX.get(self.pb.environment, "b")
             bullet_id = f"{prefix}-{self.pb.next_seq:05d}"
             self.pb.next_seq += 1
-        elif check_id and get_bullet(self.pb.id, bullet_id, self.s) is not None:
+        elif check_id and (bullet_id in self.cache or get_bullet(self.pb.id, bullet_id, self.s) is not None):
             raise DeltaError(f"bullet id {bullet_id!r} already exists in playbook {self.pb.id!r}")
         b = Bullet(id=bullet_id, playbook_id=self.pb.id, section=normalize_section(section or DEFAULT_SECTION),
                    content=content, helpful=helpful, harmful=harmful, neutral=neutral,
                    source_episode_id=self.episode_id, source_delta_id=self.delta_id)
-        self.s.add(b)  # flushed with the rest in finish(): one round trip, not one per bullet
         self.tokens_before[id(b)] = 0
         self.created.add(id(b))
+        self.cache[bullet_id] = b
         self.mark(b)
         self.count_change += 1
         return b
@@ -301,29 +318,34 @@ class _Applier:
         return OpResult(op.type, b.id)
 
     def finish(self, summary: str) -> int:
-        """Write revisions of everything touched and the new version."""
+        """Write the touched bullets, their revisions and the new version."""
         pb = self.pb
-        prev_count, prev_tokens = self.s.connection().execute(
-            select(PlaybookVersion.bullet_count, PlaybookVersion.token_count).where(
-                PlaybookVersion.playbook_id == pb.id, PlaybookVersion.number == pb.current_version)).one()
+        w = connection_writer(self.s.connection())
+        prev_count, prev_tokens = w.row("SELECT bullet_count, token_count FROM playbookversion "
+                                        "WHERE playbook_id = ? AND number = ?", (pb.id, pb.current_version))
         number = pb.current_version + 1
         token_delta = 0
-        self.s.flush()  # gives new bullets their pk
         revisions = []
         for key, b in self.touched.items():
+            if key in self.created:
+                b.pk = w.insert_one(b)
+            else:
+                was = self.stored.get(key)
+                changed = {c: v for c, v, old in zip(_MUTABLE, (getattr(b, c) for c in _MUTABLE), was or ())
+                           if v != old} if was is not None else {c: getattr(b, c) for c in _MUTABLE}
+                w.update(_BULLETS, {"pk": b.pk}, changed)
             token_delta += _line_tokens(b) - self.tokens_before.get(key, 0)
             revisions.append(BulletRevision(playbook_id=pb.id, bullet_pk=b.pk, bullet_id=b.id, version=number,
                                             section=b.section, content=b.content, helpful=b.helpful,
                                             harmful=b.harmful, neutral=b.neutral, status=b.status))
-        # write-only rows: Core inserts, not objects for the unit of work to track
-        insert_rows(self.s.connection(), [*revisions, PlaybookVersion(
+        w.add([*revisions, PlaybookVersion(
             playbook_id=pb.id, number=number, parent=pb.current_version, delta_id=self.delta_id,
             summary=summary[:500], bullet_count=prev_count + self.count_change,
             token_count=max(0, prev_tokens + token_delta))])
-        pb.current_version = number
-        pb.modified_at = utcnow()
-        self.s.add(pb)
-        self.s.flush()
+        now = utcnow()
+        w.update(_PLAYBOOKS, {"id": pb.id}, {"current_version": number, "next_seq": pb.next_seq, "modified_at": now})
+        for attr, value in (("current_version", number), ("next_seq", pb.next_seq), ("modified_at", now)):
+            set_committed_value(pb, attr, value)  # as stored: nothing left for the unit of work to flush
         _embed_after_commit(self.s, [b.pk for b in self.touched.values() if b.pk is not None])
         _index_after_commit(self.s, pb.id, number - 1, number, list(self.touched.values()))
         return number
@@ -341,11 +363,14 @@ def _index_after_commit(session: Session, playbook_id: str, old: int, new: int, 
     rows it wrote; values are taken now, as stored (the timestamp as its column writes it)."""
     engine = session.get_bind()
     stamp = stored_form(_UPDATED_AT, engine.dialect)  # type: ignore[union-attr]
+    written = [b for b in bullets if b.pk is not None]
     rows = [(b.pk, b.status, b.helpful, b.harmful, b.neutral,
              stamp(b.updated_at) if stamp is not None else b.updated_at, b.section, len(b.content),
-             b.source_episode_id, b.content) for b in bullets if b.pk is not None]
+             b.source_episode_id, b.content) for b in written]
+    copies = [detached_copy(b) for b in written if b.status == "active"]
     url = str(engine.url)  # type: ignore[union-attr]
-    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, rows), once=True)
+    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, rows, copies),
+                 once=True)
 
 
 _UPDATED_AT = Bullet.__table__.c.updated_at  # type: ignore[attr-defined]

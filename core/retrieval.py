@@ -37,7 +37,7 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import get_engine, is_sqlite, read_session, thread_reader
+from core.db import connection_writer, get_engine, is_sqlite, read_session, thread_reader
 from core.embeddings import Embedder, embed_query, get_embedder
 from core.models import Bullet
 
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RankWeights", "Retrieved", "search", "lexical_candidates", "fts_query", "expand_query", "query_terms",
            "lexical_index", "warm", "porter", "cached_only", "NotCached",
-           "semantic_near_duplicate", "similar_pairs", "clear_cache", "counter_score"]
+           "semantic_near_duplicate", "similar_pairs", "clear_cache", "counter_score", "index_committed",
+           "detached_copy"]
 
 _WORD = re.compile(r"[a-z0-9_]+")
 LEXICAL_SATURATION = 10.0  # FTS5 bm25 units; measured on data/retrieval_pairs.jsonl (bench/bench_retrieval.py)
@@ -252,8 +253,9 @@ def lexical_candidates(session: Session, playbook_id: str, query: str, limit: in
         rows = _lexical_rows(session, playbook_id, query, limit, synonyms)
     if not rows:
         return []
-    content = dict(session.connection().execute(
-        select(_BULLET_TABLE.c.pk, _BULLET_TABLE.c.content).where(_BULLET_TABLE.c.pk.in_([r[0] for r in rows]))).all())
+    pks = [int(r[0]) for r in rows]
+    content = dict(connection_writer(session.connection()).rows(
+        f"SELECT pk, content FROM bullet WHERE pk IN ({','.join('?' * len(pks))})", pks))
     return [(int(r[0]), content[r[0]], float(r[1])) for r in rows if r[0] in content]
 
 
@@ -605,8 +607,9 @@ class _LexIndex:
         self.episode[slot] = r[8]
         self.slot_of[pk] = slot
 
-    def apply_changes(self, rows: list, version: int) -> None:
-        """Changed rows (same shape as build's): their old slots die, active ones get new slots."""
+    def apply_changes(self, rows: list, version: int, bullets: Sequence[Bullet] = ()) -> None:
+        """Changed rows (same shape as build's): their old slots die, active ones get new slots.
+        `bullets`: those rows' bullets as committed, for the per-version cache."""
         for r in rows:
             pk = int(r[0])
             self.sig[pk] = tuple(r[1:8])
@@ -630,6 +633,9 @@ class _LexIndex:
         self.df_cache.clear()  # cached postings still hold the slots that just died
         self.version = version
         self._fallback_order = None
+        for b in bullets:
+            if b.status == "active" and b.pk is not None:
+                self.bullets[int(b.pk)] = b
 
     def stale(self) -> bool:
         dead = len(self.pks) - self.n_alive
@@ -782,9 +788,19 @@ def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
             _lex.popitem(last=False)
 
 
-def index_committed(url: str, playbook_id: str, old_version: int, new_version: int, rows: list[tuple]) -> None:
+def detached_copy(b: Bullet) -> Bullet:
+    """A detached Bullet with `b`'s column values, as a query would build it: safe to share in a cache."""
+    c = _new_bullet()
+    c.__dict__.update((name, getattr(b, name)) for name in _BULLET_COLS)
+    make_transient_to_detached(c)
+    return c
+
+
+def index_committed(url: str, playbook_id: str, old_version: int, new_version: int, rows: list[tuple],
+                    bullets: Sequence[Bullet] = ()) -> None:
     """Bring this process's index from `old_version` to `new_version` with the rows a write just
     committed (the shape `_refresh` reads), so the next query does not scan the playbook for them.
+    `bullets`: those rows as objects (copies nobody changes), so the next query need not read them.
     Any other state (another writer got there first, no index yet) is left to `_refresh`."""
     idx = _lex_get((url, playbook_id))
     if idx is None:
@@ -793,7 +809,7 @@ def index_committed(url: str, playbook_id: str, old_version: int, new_version: i
         if idx.version != old_version:
             return
         try:
-            idx.apply_changes(rows, new_version)
+            idx.apply_changes(rows, new_version, bullets)
             if idx.stale():
                 idx.version = -1  # the next query rebuilds it (as `_refresh` would)
         except Exception as exc:  # runs inside a commit that already succeeded: never fail the caller

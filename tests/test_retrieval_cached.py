@@ -70,12 +70,18 @@ def test_cached_path_ranks_exactly_as_the_session_path(playbook: str) -> None:
 
 def test_a_new_version_is_seen_by_the_next_query(playbook: str) -> None:
     q = "quasar nebula telescope"
-    P.retrieve(playbook, q, 3)
-    P.retrieve(playbook, q, 3)
-    P.apply_delta(playbook, [{"type": "ADD", "content": "Point the quasar nebula telescope north"}])
-    with pytest.raises(R.NotCached), R.cached_only():
-        P.retrieve(playbook, q, 3)
-    assert P.retrieve(playbook, q, 3)[0].bullet.content == "Point the quasar nebula telescope north"
+    P.retrieve(playbook, q, 70)  # reads (and caches) every bullet
+    P.apply_delta(playbook, [{"type": "ADD", "content": "Point the quasar nebula telescope north"},
+                             {"type": "TAG", "bullet_id": "b-00002", "tag": "harmful"}])
+    with R.cached_only():  # the write handed its rows to this process's index: nothing to read back
+        hits = P.retrieve(playbook, q, 70)
+    assert hits[0].bullet.content == "Point the quasar nebula telescope north"
+    with read_session() as s:  # the cached copies hold every column exactly as stored
+        stored = {b.pk: b.model_dump() for b in s.exec(select(Bullet).where(Bullet.playbook_id == playbook))}
+    assert all(h.bullet.model_dump() == stored[h.bullet.pk] for h in hits)
+    assert next(h.bullet.harmful for h in hits if h.bullet.id == "b-00002") == stored[2]["harmful"] == 1
+    R.clear_cache()  # a cold index agrees (its BM25 length statistics differ a little, not the order)
+    assert [h.bullet.id for h in P.retrieve(playbook, q, 3)] == [h.bullet.id for h in hits[:3]]
     P.apply_delta(playbook, [{"type": "REMOVE", "bullet_id": "b-00061"}])
     assert "b-00061" not in {h.bullet.id for h in P.retrieve(playbook, q, 70)}
 
