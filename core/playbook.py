@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from rapidfuzz import fuzz
-from sqlalchemy import event, func, text, update
+from sqlalchemy import event, func
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from core.config import get_settings
-from core.db import connection_writer, insert_rows, is_sqlite, read_session, stored_form, write_session
+from core.db import connection_writer, is_sqlite, read_session, stored_form, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
-from core.retrieval import (RankWeights, Retrieved, detached_copy, index_committed, lexical_candidates, search,
+from core.retrieval import (RankWeights, Retrieved, bullets_where, detached_copy, index_committed, lexical_candidates, search,
                             semantic_near_duplicate)
 from core.tokens import estimate_tokens
 
@@ -142,15 +142,16 @@ DEDUP_CANDIDATES = 5  # a near-copy shares nearly all of its words, so BM25 rank
 
 def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: float,
                     local: Sequence[Bullet] = (), changed: AbstractSet[int] = frozenset()
-                    ) -> Optional[tuple[Bullet, float]]:
-    """The bullet an ADD repeats: by meaning when embeddings are on, else by wording.
+                    ) -> Optional[tuple[Bullet | int, float]]:
+    """The bullet an ADD repeats (an object from `local`, else its pk): by meaning when embeddings
+    are on, else by wording.
 
     `local`: bullets as this delta left them so far (compared by their current text); `changed`:
     pks this delta touched, whose committed state the indexes still show and so are skipped there.
     """
     semantic = semantic_near_duplicate(session, pb.id, content, get_settings().semantic_dedup_threshold)
     if semantic is not None and semantic[0].pk not in changed:
-        return semantic
+        return int(semantic[0].pk), semantic[1]  # type: ignore[arg-type]
     best: Optional[tuple[Bullet | int, float]] = None
     candidates: list[tuple[Bullet | int, str]] = [(b, b.content) for b in local]
     candidates += [(pk, text_) for pk, text_, _ in
@@ -160,10 +161,7 @@ def _near_duplicate(session: Session, pb: Playbook, content: str, threshold: flo
         score = _similarity(content, text_, threshold)
         if score >= threshold and (best is None or score > best[1]):
             best = (ref, score)
-    if best is None:
-        return None
-    b = best[0] if isinstance(best[0], Bullet) else session.get(Bullet, best[0])
-    return (b, best[1]) if b is not None else None
+    return best
 
 
 # ---------------------------------------------------------------- applying ops
@@ -191,6 +189,8 @@ def _line_tokens(b: Bullet) -> int:
 _MUTABLE = ("section", "content", "helpful", "harmful", "neutral", "status", "merged_into", "updated_at")
 _BULLETS = Bullet.__table__  # type: ignore[attr-defined]
 _PLAYBOOKS = Playbook.__table__  # type: ignore[attr-defined]
+_REVISIONS = BulletRevision.__table__  # type: ignore[attr-defined]
+_DELTAS = Delta.__table__  # type: ignore[attr-defined]
 
 
 class _Applier:
@@ -241,8 +241,21 @@ class _Applier:
         """Record that `b` changed: it gets a revision in the new version."""
         self.touched[id(b)] = b
 
+    def _fetch(self, *criteria: Any) -> Optional[Bullet]:
+        """One bullet of this playbook, detached (the session never tracks what finish() writes)."""
+        found = bullets_where(self.s.connection(), _BULLETS.c.playbook_id == self.pb.id, *criteria)
+        return found[0] if found else None
+
+    def _by_pk(self, pk: int) -> Optional[Bullet]:
+        """The bullet with this pk: the object this delta already holds, else a fresh one."""
+        held = next((b for b in self.cache.values() if b.pk == pk), None)
+        b = held or self._fetch(_BULLETS.c.pk == pk)
+        if b is not None:
+            self.cache[b.id] = b
+        return b
+
     def _live(self, bullet_id: Optional[str], what: str) -> Bullet:
-        b = self.cache.get(bullet_id or "") or get_bullet(self.pb.id, bullet_id or "", self.s)
+        b = self.cache.get(bullet_id or "") or self._fetch(_BULLETS.c.id == (bullet_id or ""))
         if b is None:
             raise DeltaError(f"{what}: bullet {bullet_id!r} does not exist in playbook {self.pb.id!r}")
         if b.status != "active":
@@ -257,7 +270,7 @@ class _Applier:
             prefix = ENV_PREFIX.get(self.pb.environment, "b")
             bullet_id = f"{prefix}-{self.pb.next_seq:05d}"
             self.pb.next_seq += 1
-        elif check_id and (bullet_id in self.cache or get_bullet(self.pb.id, bullet_id, self.s) is not None):
+        elif check_id and (bullet_id in self.cache or self._fetch(_BULLETS.c.id == bullet_id) is not None):
             raise DeltaError(f"bullet id {bullet_id!r} already exists in playbook {self.pb.id!r}")
         b = Bullet(id=bullet_id, playbook_id=self.pb.id, section=normalize_section(section or DEFAULT_SECTION),
                    content=content, helpful=helpful, harmful=harmful, neutral=neutral,
@@ -280,8 +293,9 @@ class _Applier:
             local = [b for b in touched if b.status == "active" and (self.dedup_within or id(b) not in self.created)]
             dup = _near_duplicate(self.s, self.pb, content, self.threshold, local,
                                   {b.pk for b in touched if b.pk is not None})
-            if dup is not None:
-                b, score = dup
+            found = (dup[0] if isinstance(dup[0], Bullet) else self._by_pk(dup[0])) if dup is not None else None
+            if dup is not None and found is not None:
+                b, score = found, dup[1]
                 self._touch(b)
                 b.helpful += 1
                 b.updated_at = now
@@ -335,10 +349,11 @@ class _Applier:
                            if v != old} if was is not None else {c: getattr(b, c) for c in _MUTABLE}
                 w.update(_BULLETS, {"pk": b.pk}, changed)
             token_delta += _line_tokens(b) - self.tokens_before.get(key, 0)
-            revisions.append(BulletRevision(playbook_id=pb.id, bullet_pk=b.pk, bullet_id=b.id, version=number,
-                                            section=b.section, content=b.content, helpful=b.helpful,
-                                            harmful=b.harmful, neutral=b.neutral, status=b.status))
-        w.add([*revisions, PlaybookVersion(
+            revisions.append({"playbook_id": pb.id, "bullet_pk": b.pk, "bullet_id": b.id, "version": number,
+                              "section": b.section, "content": b.content, "helpful": b.helpful,
+                              "harmful": b.harmful, "neutral": b.neutral, "status": b.status})
+        w.insert(_REVISIONS, revisions)  # plain dicts: every column is given, none has a default
+        w.add([PlaybookVersion(
             playbook_id=pb.id, number=number, parent=pb.current_version, delta_id=self.delta_id,
             summary=summary[:500], bullet_count=prev_count + self.count_change,
             token_count=max(0, prev_tokens + token_delta))])
@@ -400,11 +415,11 @@ def _named_ids(ops: Sequence[OpIn]) -> set[str]:
 
 
 def _load_bullets(s: Session, playbook_id: str, ids: set[str]) -> dict[str, Bullet]:
+    """The named bullets, detached: the applier writes them itself."""
     if not ids:
         return {}
-    with s.no_autoflush:
-        rows = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id, col(Bullet.id).in_(ids)))
-        return {b.id: b for b in rows}
+    return {b.id: b for b in bullets_where(s.connection(), _BULLETS.c.playbook_id == playbook_id,
+                                           _BULLETS.c.id.in_(ids))}
 
 
 def _op_rows(delta: Delta, ops: Sequence[OpIn], known: dict[str, Bullet]) -> list[DeltaOp]:
@@ -454,8 +469,8 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
         pb = _ensure_playbook(s, playbook_id)
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
                       status="applied", base_version=pb.current_version, decided_at=utcnow())
-        s.add(delta)
-        s.flush()
+        w = connection_writer(s.connection())
+        w.add([delta])  # a plain row, first: the version refers to it
         known = _load_bullets(s, pb.id, _named_ids(op_list))
         rows = _op_rows(delta, op_list, known)
         ap = _Applier(s, pb, episode_id, delta.id)
@@ -467,7 +482,8 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
             row.note = res.note or None
             results.append(res)
         delta.version = ap.finish(_summary(results))
-        insert_rows(s.connection(), rows)  # once, already decided; any failure above rolls all of it back
+        w.add(rows)  # once, already decided; any failure above rolls all of it back
+        w.update(_DELTAS, {"id": delta.id}, {"version": delta.version})
         return ApplyResult(delta.id, delta.version, results)
 
 
@@ -549,19 +565,19 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
         # The delta and its ops are plain rows here, not objects for the unit of work: the delta goes in
         # first (bullets refer to it), the ops are decided before they are stored and then inserted once
         # with their decisions, and the delta gets its outcome. Op ids are assigned here, under the write lock.
-        conn = s.connection()
+        w = connection_writer(s.connection())
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
                       base_version=pb.current_version)
-        insert_rows(conn, [delta])
+        w.add([delta])
         rows = _op_rows(delta, op_list, known)
-        first = int(conn.execute(text("SELECT coalesce(max(oid), 0) + 1 FROM deltaop")).scalar_one())
+        first = int(w.scalar("SELECT coalesce(max(oid), 0) + 1 FROM deltaop"))
         for i, row in enumerate(rows):
             row.oid = first + i
         res = _decide(s, delta, [Decision(first + i, True) for i in range(len(rows))], "auto", lenient=True,
                       rows=rows, known=known)
-        insert_rows(conn, rows)
-        conn.execute(update(Delta.__table__).where(Delta.__table__.c.id == delta.id).values(  # type: ignore[attr-defined]
-            status=delta.status, version=delta.version, decided_at=delta.decided_at))
+        w.add(rows)
+        w.update(_DELTAS, {"id": delta.id},
+                 {"status": delta.status, "version": delta.version, "decided_at": delta.decided_at})
         return delta.id, res
 
 

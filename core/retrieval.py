@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RankWeights", "Retrieved", "search", "lexical_candidates", "fts_query", "expand_query", "query_terms",
            "lexical_index", "warm", "porter", "cached_only", "NotCached",
            "semantic_near_duplicate", "similar_pairs", "clear_cache", "counter_score", "index_committed",
-           "detached_copy"]
+           "detached_copy", "bullets_where"]
 
 _WORD = re.compile(r"[a-z0-9_]+")
 LEXICAL_SATURATION = 10.0  # FTS5 bm25 units; measured on data/retrieval_pairs.jsonl (bench/bench_retrieval.py)
@@ -788,6 +788,18 @@ def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
             _lex.popitem(last=False)
 
 
+def bullets_where(conn, *criteria: Any) -> list[Bullet]:  # type: ignore[no-untyped-def]
+    """Bullets matching Core `criteria`, as detached objects built from plain rows (no ORM loading,
+    nothing for a session to track): each column still goes through its type, as a query would."""
+    out = []
+    for r in conn.execute(select(_BULLET_TABLE).where(*criteria)):
+        b = _new_bullet()
+        b.__dict__.update(zip(_BULLET_COLS, r))
+        make_transient_to_detached(b)
+        out.append(b)
+    return out
+
+
 def detached_copy(b: Bullet) -> Bullet:
     """A detached Bullet with `b`'s column values, as a query would build it: safe to share in a cache."""
     c = _new_bullet()
@@ -932,14 +944,8 @@ def _bullets_by_pk(conn, pks: Sequence[int], idx: Optional[_LexIndex] = None,  #
     missing = [int(p) for p in pks if int(p) not in out]
     if not missing:
         return out
-    rows = conn.execute(select(_BULLET_TABLE).where(_BULLET_TABLE.c.pk.in_(missing),
-                                                    _BULLET_TABLE.c.status == "active")).all()
-    fresh = {}
-    for r in rows:
-        b = _new_bullet()
-        b.__dict__.update(zip(_BULLET_COLS, r))
-        make_transient_to_detached(b)
-        fresh[int(b.pk)] = b  # type: ignore[arg-type]
+    fresh = {int(b.pk): b for b in  # type: ignore[arg-type]
+             bullets_where(conn, _BULLET_TABLE.c.pk.in_(missing), _BULLET_TABLE.c.status == "active")}
     if use_cache:
         with idx.lock:  # type: ignore[union-attr]
             if idx.version == version:  # type: ignore[union-attr]
