@@ -171,9 +171,13 @@ def cancel_bench(run_id: str) -> str:
 
 
 def _queue(run_id: str) -> str:
-    job_id = jobs.enqueue("bench", {"run_id": run_id}, max_attempts=3)
-    _set_run(run_id, job_id=job_id, status="queued", error=None)
-    return job_id
+    """Queue the run's job and point the run at it, in one transaction."""
+    job = jobs.new_job("bench", {"run_id": run_id}, max_attempts=3)
+    with row_writer() as w:
+        w.add([job])
+        w.update(BenchRun.__table__, {"id": run_id},  # type: ignore[attr-defined]
+                 {"job_id": job.id, "status": "queued", "error": None})
+    return job.id
 
 
 def _job_active(job_id: str) -> bool:

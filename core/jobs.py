@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from sqlmodel import select
 
-from core.db import read_session, write_session
+from core.db import read_session, row_writer, write_session
 from core.models import Job, utcnow
 
 log = logging.getLogger("ace.jobs")
@@ -39,14 +39,19 @@ def register(kind: str, handler: Handler) -> None:
     _handlers[kind] = handler
 
 
+def new_job(kind: str, payload: dict[str, Any], max_attempts: int = 2, job_id: Optional[str] = None) -> Job:
+    """A queued job's row, not yet stored: a caller may store it with the rows that refer to it."""
+    job = Job(kind=kind, payload=payload, max_attempts=max_attempts)
+    if job_id:
+        job.id = job_id
+    return job
+
+
 def enqueue(kind: str, payload: dict[str, Any], max_attempts: int = 2, job_id: Optional[str] = None) -> str:
-    with write_session() as s:
-        job = Job(kind=kind, payload=payload, max_attempts=max_attempts)
-        if job_id:
-            job.id = job_id
-        s.add(job)
-        s.flush()
-        return job.id
+    job = new_job(kind, payload, max_attempts, job_id)
+    with row_writer() as w:
+        w.add([job])
+    return job.id
 
 
 def get_job(job_id: str) -> Optional[Job]:

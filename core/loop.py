@@ -244,11 +244,16 @@ def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: 
 
 
 def submit_episode(spec: TaskSpec) -> tuple[str, str]:
-    """Queue an episode for a worker; returns (episode id, job id)."""
-    ep = create_episode(spec)
-    job_id = jobs.enqueue("episode", {"episode_id": ep.id, "spec": spec.model_dump()}, max_attempts=2)
-    _update_episode(ep.id, job_id=job_id)
-    return ep.id, job_id
+    """Queue an episode for a worker; returns (episode id, job id).
+
+    The episode and its job are stored in one transaction: a process killed in between leaves
+    neither, never an episode waiting for a job nobody queued."""
+    ep = new_episode(spec)
+    job = jobs.new_job("episode", {"episode_id": ep.id, "spec": spec.model_dump()}, max_attempts=2)
+    ep.job_id = job.id
+    with row_writer() as w:
+        w.add([job, ep])
+    return ep.id, job.id
 
 
 def _check_cancel(job_id: Optional[str]) -> None:
