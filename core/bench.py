@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import random
-import sqlite3
 import sys
 import threading
 import time
@@ -281,7 +280,7 @@ def _claim(run_id: str, u: Unit, ep: Episode, row: Optional[BenchResult]) -> boo
                 w.update(BenchResult.__table__, {"id": row.id},  # type: ignore[attr-defined]
                          {"episode_id": ep.id, "error": RUNNING})
         return True
-    except (IntegrityError, sqlite3.IntegrityError):  # the row exists: another runner has the task
+    except IntegrityError:  # the row exists: another runner has the task
         return False
 
 

@@ -6,6 +6,7 @@ write lock up front (`BEGIN IMMEDIATE`) so two writers never interleave a
 read-modify-write on the same playbook; readers never block.
 """
 
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 from sqlalchemy import Connection, Table, event, insert, text, update
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
 from core.config import get_settings
@@ -142,6 +144,16 @@ def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
 # running their bind processors, so the rows read back exactly as ORM writes.
 
 
+def run_raw(conn: Any, sql: str, params: Any = (), many: bool = False) -> Any:
+    """Run one statement on a SQLite DBAPI connection, its errors raised as SQLAlchemy's
+    (OperationalError, IntegrityError...) exactly as a Session's statements raise them, so
+    callers and the service's error handlers (503 for a busy database) see one family."""
+    try:
+        return conn.executemany(sql, params) if many else conn.execute(sql, params)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, params if not many else None, exc, sqlite3.Error) from exc
+
+
 def stored_form(column: Any, dialect: Any) -> Any:
     """The function that turns a Python value into what `column` stores on this dialect (the dialect's
     own implementation of the type, e.g. SQLite's datetime text), or None when it stores values as is."""
@@ -183,7 +195,7 @@ class RowWriter:
                 self.core.execute(insert(table), group)
                 continue
             sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-            self.conn.executemany(sql, [tuple(self._values(table, v).values()) for v in group])
+            run_raw(self.conn, sql, [tuple(self._values(table, v).values()) for v in group], many=True)
 
     def insert_one(self, row: SQLModel) -> Any:
         """Insert one new table object; its generated primary key."""
@@ -192,7 +204,7 @@ class RowWriter:
         if self.core is not None:
             return self.core.execute(insert(table).values(**values)).inserted_primary_key[0]
         sql = f"INSERT INTO {table.name} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
-        return self.conn.execute(sql, tuple(self._values(table, values).values())).lastrowid
+        return run_raw(self.conn, sql, tuple(self._values(table, values).values())).lastrowid
 
     def add(self, rows: Iterable[SQLModel]) -> None:
         """Insert new table objects, of any tables, grouped into one statement per table."""
@@ -214,20 +226,20 @@ class RowWriter:
         vals, keys = self._values(table, values), self._values(table, where)
         sql = (f"UPDATE {table.name} SET {', '.join(f'{k} = ?' for k in vals)} "
                f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
-        return int(self.conn.execute(sql, (*vals.values(), *keys.values())).rowcount)
+        return int(run_raw(self.conn, sql, (*vals.values(), *keys.values())).rowcount)
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """All rows of a query written with `?` placeholders, values as the driver gives them."""
         if self.core is not None:
             return [tuple(r) for r in self.core.execute(*_named(sql, params))]
-        return self.conn.execute(sql, tuple(params)).fetchall()
+        return run_raw(self.conn, sql, tuple(params)).fetchall()
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> Optional[tuple[Any, ...]]:
         """One row of a query written with `?` placeholders, values as the driver gives them."""
         if self.core is not None:
             found = self.core.execute(*_named(sql, params)).first()
             return tuple(found) if found is not None else None
-        found = self.conn.execute(sql, tuple(params)).fetchone()
+        found = run_raw(self.conn, sql, tuple(params)).fetchone()
         return tuple(found) if found is not None else None
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -281,7 +293,7 @@ def query_row(sql: str, params: Sequence[Any] = (), url: str | None = None) -> O
         with engine.connect() as conn:
             row = conn.execute(*_named(sql, params)).first()
             return tuple(row) if row is not None else None
-    row = thread_reader(engine).execute(sql, tuple(params)).fetchone()
+    row = run_raw(thread_reader(engine), sql, tuple(params)).fetchone()
     return tuple(row) if row is not None else None
 
 
@@ -296,7 +308,7 @@ def row_writer(url: str | None = None) -> Iterator[RowWriter]:
     with _write_lock(engine):
         conn = engine.raw_connection()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            run_raw(conn, "BEGIN IMMEDIATE")
             try:
                 yield RowWriter(conn, engine.dialect)
             except BaseException:
@@ -305,6 +317,6 @@ def row_writer(url: str | None = None) -> Iterator[RowWriter]:
                 except Exception:  # SQLite may have ended the transaction itself (disk full, I/O error)
                     pass  # the caller's error is the one to see; the pool resets the connection anyway
                 raise
-            conn.execute("COMMIT")
+            run_raw(conn, "COMMIT")
         finally:
             conn.close()

@@ -129,11 +129,16 @@ def parse_ours(doc: dict[str, Any]) -> list[ImportedBullet]:
         if not isinstance(e, dict):
             raise DeltaError(f"bullet {i + 1} is not an object")
         out.append(ImportedBullet(
-            id=e.get("id"), section=normalize_section(e.get("section")), content=str(e.get("content") or ""),
+            id=_text(e.get("id")), section=normalize_section(e.get("section")), content=str(e.get("content") or ""),
             helpful=_int(e.get("helpful")), harmful=_int(e.get("harmful")), neutral=_int(e.get("neutral")),
-            status="removed" if e.get("status") == "removed" else "active", merged_into=e.get("merged_into"),
-            source_episode_id=e.get("source_episode_id")))
+            status="removed" if e.get("status") == "removed" else "active", merged_into=_text(e.get("merged_into")),
+            source_episode_id=_text(e.get("source_episode_id"))))
     return out
+
+
+def _text(v: Any) -> Optional[str]:
+    """A reference field as text (a file may write ids as numbers); None when absent or empty."""
+    return None if v is None or v == "" else str(v)
 
 
 def parse_text(text: str) -> list[ImportedBullet]:
@@ -204,6 +209,7 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
                 ap.count_change -= 1
                 ap.mark(b)
         taken = set(s.exec(select(Bullet.id).where(Bullet.playbook_id == pb.id)))
+        _bump_seq(pb, taken | {it.id for it in items if it.id})  # generated ids start past every id the file names
         for it in items:
             bid = it.id if it.id and it.id not in taken and re.match(r"^[A-Za-z0-9_.-]{1,64}$", it.id) else None
             b = ap._new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid, check_id=False)

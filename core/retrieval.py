@@ -37,7 +37,7 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import connection_writer, get_engine, is_sqlite, read_session, thread_reader
+from core.db import connection_writer, get_engine, is_sqlite, read_session, run_raw, thread_reader
 from core.embeddings import Embedder, embed_query, get_embedder
 from core.models import Bullet
 
@@ -1046,7 +1046,7 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
     if idx is None:
         return None
     raw = thread_reader(engine)
-    row = raw.execute(_VERSION_RAW, (playbook_id,)).fetchone()
+    row = run_raw(raw, _VERSION_RAW, (playbook_id,)).fetchone()
     if row is None or row[0] is None:
         return None
     version = int(row[0])
@@ -1064,8 +1064,8 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
     if weights.provenance:
         ids = sorted({e for e in cols.episodes if e})
         if ids:
-            tasks = dict(raw.execute(f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
-                                     ids).fetchall())
+            tasks = dict(run_raw(raw, f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
+                                 ids).fetchall())
     best = _rank_plain(cols, q_text, tasks, k, weights)
     if not idx.lock.acquire(blocking=False):
         return None

@@ -73,3 +73,19 @@ def test_row_writer_refuses_naive_datetimes_and_unknown_columns(db_url: str) -> 
         w.update(Episode.__table__, {"id": ep.id}, {"finished_at": datetime(2026, 1, 1)})
     with pytest.raises(KeyError), db.row_writer() as w:
         w.update(Episode.__table__, {"id": ep.id}, {"no_such_column": 1})
+
+
+def test_plain_statements_raise_the_orms_exceptions(db_url: str) -> None:
+    """Callers and the service's handlers (503 for a busy or full database) catch SQLAlchemy's errors."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    from core.models import Job
+
+    with db.row_writer() as w:
+        w.add([Job(id="j1", kind="x", payload={})])
+    with pytest.raises(IntegrityError), db.row_writer() as w:
+        w.add([Job(id="j1", kind="x", payload={})])
+    with pytest.raises(OperationalError, match="no such table"):
+        db.query_row("SELECT 1 FROM no_such_table")
+    with db.write_session() as s, pytest.raises(OperationalError):
+        db.connection_writer(s.connection()).rows("SELECT nothing FROM job")

@@ -206,6 +206,19 @@ def test_json_export_import_round_trip(pb: str) -> None:
     assert r.results[0].bullet_id == "py-00004"
 
 
+def test_import_keeps_generated_ids_clear_of_the_files_ids_and_reads_numbers_as_text(db_url: str) -> None:
+    P.apply_delta("imp", [{"type": "ADD", "content": "first thing to remember"}])
+    doc = {"format": "ace-playground/1", "playbook": {}, "bullets": [
+        {"id": "b-00002", "content": "imported with an explicit id"},
+        {"content": "imported without an id", "source_episode_id": 42},
+        {"id": 7, "content": "an id written as a number"}]}
+    assert X.import_playbook("imp", json.dumps(doc))[0] == 3
+    got = {b.id: b for b in P.active_bullets("imp")}
+    assert set(got) == {"b-00001", "b-00002", "b-00003", "7"}
+    assert got["b-00003"].source_episode_id == "42"
+    assert [h.bullet.id for h in P.retrieve("imp", "imported without an id", 1)] == ["b-00003"]
+
+
 def test_markdown_and_ace_text_import(pb: str) -> None:
     md = X.export_markdown(pb)
     assert "## pitfalls" in md and "[py-00001] helpful=0 harmful=0 ::" in md

@@ -302,6 +302,28 @@ def test_unexpected_errors_are_500_without_a_trace(client: TestClient, monkeypat
     assert "Traceback" not in r.text and "secret" not in r.text
 
 
+def test_a_full_database_is_503_and_changes_nothing(db_url: str) -> None:
+    """A delta the database cannot take (here: the file may not grow) is a retryable 503, not a 500."""
+    from sqlalchemy import event
+
+    from core.db import dispose_engines, get_engine
+
+    P.apply_delta("full", [{"type": "ADD", "content": "seed"}])
+    engine = get_engine()
+    with engine.connect() as conn:
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
+    event.listen(engine, "connect", lambda dbapi, _rec: dbapi.execute(f"PRAGMA max_page_count={pages}"))
+    engine.dispose()
+    try:
+        with TestClient(create_app(start_worker=False), raise_server_exceptions=False) as c:
+            r = c.post("/playbooks/full/deltas", json={"mode": "apply", "operations": [
+                {"type": "ADD", "content": f"{'long text ' * 300} {i}"} for i in range(200)]})
+            assert r.status_code == 503 and "retry" in r.json()["detail"], r.text
+    finally:
+        dispose_engines()
+    assert [b.content for b in P.active_bullets("full")] == ["seed"] and P.get_playbook("full").current_version == 1
+
+
 def test_docs_and_health(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
