@@ -33,7 +33,7 @@ from sqlmodel import select
 
 from core import jobs
 from core.config import get_settings
-from core.db import read_session, row_writer, write_session
+from core.db import query_row, read_session, row_writer, write_session
 from core.loop import Roles, TaskSpec, learned_delta, new_episode, run_episode
 from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
 from core.suites import Suite, SuiteError, SuiteTask, load_suite
@@ -302,19 +302,22 @@ def _cost(episode_id: str, cfg: BenchConfig) -> float:
 def _finish(ctx: _Ctx, u: Unit, episode_id: str, t0: Optional[float]) -> dict[str, Any]:
     """Copy the episode's outcome into its row: one short transaction."""
     cost = _cost(episode_id, ctx.cfg)
-    with read_session() as s:
-        ep = s.connection().execute(select(  # type: ignore[call-overload]
-            Episode.status, Episode.error, Episode.success, Episode.attempts, Episode.tokens, Episode.llm_ms,
-            Episode.sandbox_ms, Episode.started_at, Episode.finished_at).where(Episode.id == episode_id)).one()
+    found = query_row("SELECT status, error, success, attempts, tokens, llm_ms, sandbox_ms FROM episode "
+                      "WHERE id = ?", (episode_id,))  # plain values: none of these columns needs its type
+    if found is None:
+        raise KeyError(f"episode {episode_id!r} does not exist")
+    status, err, success, attempts, tokens, llm_ms, sandbox_ms = found
     if t0 is not None:
         duration = (time.perf_counter() - t0) * 1000
-    elif ep.started_at and ep.finished_at:
-        duration = (ep.finished_at - ep.started_at).total_seconds() * 1000
-    else:
-        duration = 0.0
-    error = (ep.error or ep.status) if ep.status not in ("succeeded", "failed") else None
-    values = {"success": bool(ep.success), "attempts": ep.attempts, "tokens": ep.tokens, "cost": cost,
-              "duration_ms": duration, "llm_ms": ep.llm_ms, "sandbox_ms": ep.sandbox_ms, "error": error,
+    else:  # a killed run's episode, finished now: its own start and end
+        with read_session() as s:
+            span = s.connection().execute(select(  # type: ignore[call-overload]
+                Episode.started_at, Episode.finished_at).where(Episode.id == episode_id)).one()
+        duration = (span.finished_at - span.started_at).total_seconds() * 1000 \
+            if span.started_at and span.finished_at else 0.0
+    error = (err or status) if status not in ("succeeded", "failed") else None
+    values = {"success": bool(success), "attempts": attempts, "tokens": tokens, "cost": cost,
+              "duration_ms": duration, "llm_ms": llm_ms, "sandbox_ms": sandbox_ms, "error": error,
               "episode_id": episode_id}
     with row_writer() as w:  # plain statements: this runs once per task
         if cost:

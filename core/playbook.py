@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from core.config import get_settings
-from core.db import connection_writer, is_sqlite, read_session, stored_form, write_session
+from core.db import connection_writer, is_sqlite, read_session, row_writer, stored_form, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
@@ -551,6 +551,8 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
                  auto: bool = False) -> tuple[str, Optional[ApplyResult]]:
     """Store a delta and, in auto mode, apply what can be applied: one transaction either way."""
     r, op_list = _as_ops(ops)
+    if not op_list:
+        return _record_empty(playbook_id, reasoning or r, episode_id, source), None
     _prewarm_dedup(op_list)
     with write_session() as s:
         pb = _ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
@@ -579,6 +581,20 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
         w.update(_DELTAS, {"id": delta.id},
                  {"status": delta.status, "version": delta.version, "decided_at": delta.decided_at})
         return delta.id, res
+
+
+def _record_empty(playbook_id: str, reasoning: str, episode_id: Optional[str], source: str) -> str:
+    """A delta with no operations, kept (as rejected: nothing to decide) so the trace shows what the
+    Curator answered: one plain transaction, as most episodes that learn nothing end this way."""
+    with row_writer() as w:
+        found = w.row("SELECT current_version FROM playbook WHERE id = ?", (validate_playbook_id(playbook_id),))
+        if found is not None:
+            delta = Delta(playbook_id=playbook_id, episode_id=episode_id, reasoning=reasoning, source=source,
+                          status="rejected", base_version=found[0], decided_at=utcnow())
+            w.add([delta])
+            return delta.id
+    with write_session() as s:  # a new playbook: created as everywhere else
+        return _store_delta(s, playbook_id, [], reasoning, episode_id, source)[0].id
 
 
 def _all_pending(s: Session, delta_id: str) -> list[Decision]:

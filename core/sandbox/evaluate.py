@@ -7,6 +7,7 @@ a marker, so a verdict says *which* tests failed, not just the first.
 """
 
 import ast
+import functools
 import threading
 
 from pydantic import BaseModel
@@ -37,25 +38,47 @@ class Verdict(BaseModel):
     feedback: str = ""
 
 
-def _wrap_assert(node: ast.Assert, source: str) -> list[ast.stmt]:
-    desc = (ast.get_source_segment(source, node) or "assert").strip().replace("\n", " ")[:200]
-    template = (
-        "__ace_total[0] += 1\n"
-        "try:\n    pass\n"
-        "except Exception as __ace_exc:\n    __ace_fail(DESC, __ace_exc)\n"
-    )
-    stmts = ast.parse(template).body
-    stmts[1].body = [node]  # type: ignore[attr-defined]
-    handler = stmts[1].handlers[0]  # type: ignore[attr-defined]
-    handler.body[0].value.args[0] = ast.Constant(desc)
-    return stmts
+def _wrap_assert(node: ast.Assert, desc: str) -> list[ast.stmt]:
+    """`__ace_total[0] += 1; try: <assert> except Exception as __ace_exc: __ace_fail(desc, __ace_exc)`,
+    built as nodes (parsing a template per assert cost more than the rest of the rewrite)."""
+    count = ast.AugAssign(target=ast.Subscript(value=ast.Name("__ace_total", ast.Load()), slice=ast.Constant(0),
+                                               ctx=ast.Store()), op=ast.Add(), value=ast.Constant(1))
+    fail = ast.Expr(ast.Call(func=ast.Name("__ace_fail", ast.Load()),
+                             args=[ast.Constant(desc), ast.Name("__ace_exc", ast.Load())], keywords=[]))
+    handler = ast.ExceptHandler(type=ast.Name("Exception", ast.Load()), name="__ace_exc", body=[fail])
+    return [count, ast.Try(body=[node], handlers=[handler], orelse=[], finalbody=[])]
 
 
-def _wrap_body(body: list[ast.stmt], source: str) -> list[ast.stmt]:
+class _Source:
+    """Source segments by node position; the text is split and encoded once, not once per node
+    (`ast.get_source_segment` re-splits the whole source every call)."""
+
+    def __init__(self, text: str):
+        self.lines = [line.encode() for line in text.splitlines(keepends=True)]
+
+    def segment(self, node: ast.AST) -> str | None:
+        try:
+            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined,operator]
+            start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+        except AttributeError:
+            return None
+        if end is None or last >= len(self.lines):
+            return None
+        if first == last:
+            return self.lines[first][start:end].decode(errors="replace")
+        parts = [self.lines[first][start:], *self.lines[first + 1:last], self.lines[last][:end]]
+        return b"".join(parts).decode(errors="replace")
+
+
+def _describe(node: ast.Assert, source: _Source) -> str:
+    return (source.segment(node) or "assert").strip().replace("\n", " ")[:200]
+
+
+def _wrap_body(body: list[ast.stmt], source: _Source) -> list[ast.stmt]:
     out: list[ast.stmt] = []
     for node in body:
         if isinstance(node, ast.Assert):
-            out.extend(_wrap_assert(node, source))
+            out.extend(_wrap_assert(node, _describe(node, source)))
         else:
             if isinstance(node, ast.FunctionDef) and node.name == "check":
                 node.body = _wrap_body(node.body, source)
@@ -70,8 +93,11 @@ def _wrap_body(body: list[ast.stmt], source: str) -> list[ast.stmt]:
 _AST_LOCK = threading.Lock()
 
 
+@functools.lru_cache(maxsize=512)
 def instrument_tests(tests: str, entry_point: str | None = None) -> str:
-    """Rewrite Python tests so each assert is counted; append `check(entry_point)` if needed."""
+    """Rewrite Python tests so each assert is counted; append `check(entry_point)` if needed.
+
+    Cached: a benchmark runs the same tests in every arm and epoch, and refinement once per attempt."""
     for attempt in range(5):
         try:
             with _AST_LOCK:
@@ -90,11 +116,10 @@ def _instrument(tests: str, entry_point: str | None) -> str:
         for n in tree.body
     )
     defines_check = any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body)
-    tree.body = _wrap_body(tree.body, tests)
+    tree.body = _wrap_body(tree.body, _Source(tests))
     if defines_check and not calls_check and entry_point:
         tree.body.append(ast.parse(f"check({entry_point})").body[0])
-    ast.fix_missing_locations(tree)
-    return _PRELUDE + ast.unparse(tree) + "\n" + _EPILOGUE
+    return _PRELUDE + ast.unparse(tree) + "\n" + _EPILOGUE  # unparsed, never compiled: no locations needed
 
 
 def _split_report(execution: Execution) -> dict | None:
