@@ -52,3 +52,28 @@ def test_wrong_solutions_fail(sb, problems):
         assert not verdict.passed, task_id
         assert verdict.failed or verdict.error, task_id
         assert "FAILED" in verdict.feedback
+
+
+def test_each_assert_is_described_by_its_own_source_text() -> None:
+    """The rewrite names a failing assert by its exact text, multi-line and non-ASCII ones included
+    (as `ast.get_source_segment` would give it), and counts every assert, top level and in check()."""
+    import ast
+
+    from core.sandbox.evaluate import instrument_tests
+
+    tests = ('assert f("é") == "É", "accents"\n'
+             'def check(candidate):\n'
+             '    assert candidate([1,\n'
+             '                      2]) == 3\n'
+             '    x = 1; assert x == 1\n'
+             'assert (f("ü")\n'
+             '        == "Ü")\n')
+    out = instrument_tests(tests, "f")
+    tree = ast.parse(tests)
+    asserts = [n for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+    for node in asserts:
+        want = ast.get_source_segment(tests, node).strip().replace("\n", " ")[:200]
+        assert repr(want) in out, want
+    assert out.count("__ace_total[0] += 1") == len(asserts) == 4
+    assert "\ncheck(f)\n" in out  # check() is defined but never called: the rewrite calls it
+    compile(out, "<tests>", "exec")  # what is sent to the sandbox is valid Python
