@@ -60,12 +60,29 @@ def test_cached_path_ranks_exactly_as_the_session_path(playbook: str) -> None:
             R.clear_cache()
             cold = P.retrieve(playbook, q, k)  # builds the index through a Session
             for _ in range(2):  # the first may still read bullets it has not cached
-                P.retrieve(playbook, q, k)
+                assert flat(P.retrieve(playbook, q, k)) == flat(cold), (q, k)
             with R.cached_only():  # raises NotCached unless the cached path answers
                 warm = P.retrieve(playbook, q, k)
             assert flat(warm) == flat(cold), (q, k)
     assert any(h.scores["provenance"] > 0 for h in P.retrieve(playbook, QUERIES[0], 5))
     assert [h.scores.get("fallback") for h in P.retrieve(playbook, "zzz qqq", 3)] == [1.0] * 3
+
+
+def test_a_ranking_the_cache_made_is_not_scored_again(playbook: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the cached path ranks but lacks bullets to return, the Session path reads just those."""
+    expected = {}
+    for q in QUERIES:
+        R.clear_cache()
+        expected[q] = flat(P.retrieve(playbook, q, 20))
+    R.clear_cache()
+    P.retrieve(playbook, "zzz qqq", 1)  # builds the index, caches one bullet
+    calls = []
+    real = R._LexIndex.score
+    monkeypatch.setattr(R._LexIndex, "score", lambda self, *a: calls.append(a) or real(self, *a))
+    for q in QUERIES:
+        calls.clear()
+        assert flat(P.retrieve(playbook, q, 20)) == expected[q], q
+        assert len(calls) == 1, q
 
 
 def test_a_new_version_is_seen_by_the_next_query(playbook: str) -> None:
