@@ -130,11 +130,6 @@ def connection_writer(conn: Connection) -> "RowWriter":
     return RowWriter(None, conn.dialect, core=conn)
 
 
-def insert_rows(conn: Connection, rows: Iterable[SQLModel]) -> None:
-    """Insert new table objects inside a Session's transaction, without the unit of work."""
-    connection_writer(conn).add(rows)
-
-
 # ----------------------------------------------------------- the hot write path
 #
 # The loop writes a trace event per step and the runner a few rows per task.
@@ -228,18 +223,19 @@ class RowWriter:
                f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
         return int(run_raw(self.conn, sql, (*vals.values(), *keys.values())).rowcount)
 
+    def _query(self, sql: str, params: Sequence[Any]) -> Any:
+        """A cursor (or Core result) for a query written with `?` placeholders."""
+        if self.core is not None:
+            return self.core.execute(*_named(sql, params))
+        return run_raw(self.conn, sql, tuple(params))
+
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """All rows of a query written with `?` placeholders, values as the driver gives them."""
-        if self.core is not None:
-            return [tuple(r) for r in self.core.execute(*_named(sql, params))]
-        return run_raw(self.conn, sql, tuple(params)).fetchall()
+        return [tuple(r) for r in self._query(sql, params).fetchall()]
 
     def row(self, sql: str, params: Sequence[Any] = ()) -> Optional[tuple[Any, ...]]:
         """One row of a query written with `?` placeholders, values as the driver gives them."""
-        if self.core is not None:
-            found = self.core.execute(*_named(sql, params)).first()
-            return tuple(found) if found is not None else None
-        found = run_raw(self.conn, sql, tuple(params)).fetchone()
+        found = self._query(sql, params).fetchone()
         return tuple(found) if found is not None else None
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -303,7 +299,7 @@ def row_writer(url: str | None = None) -> Iterator[RowWriter]:
     engine = get_engine(url)
     if not is_sqlite(engine):
         with write_session(url) as s:
-            yield RowWriter(None, engine.dialect, core=s.connection())
+            yield connection_writer(s.connection())
         return
     with _write_lock(engine):
         conn = engine.raw_connection()

@@ -277,7 +277,7 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     """Run one episode to the end and return how it went; never raises for the task's faults.
 
     `episode_id`: an episode recorded earlier (a queued or retried job); `episode`: one the caller
-    has just created with `create_episode`, so it is not read back.
+    has just stored (`create_episode`, or with rows of its own), so it is not read back.
     """
     from core.sandbox import get_sandbox
     from core.sandbox.evaluate import evaluate

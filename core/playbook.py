@@ -22,12 +22,12 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from core.config import get_settings
-from core.db import connection_writer, is_sqlite, read_session, row_writer, stored_form, write_session
+from core.db import connection_writer, is_sqlite, read_session, row_writer, write_session
 from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
 from core.embeddings import embed_after_write, embed_query
 from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
-from core.retrieval import (RankWeights, Retrieved, bullets_where, detached_copy, index_committed, lexical_candidates, search,
-                            semantic_near_duplicate)
+from core.retrieval import (RankWeights, Retrieved, bullets_where, detached_copy, index_committed,
+                            lexical_candidates, search, semantic_near_duplicate)
 from core.tokens import estimate_tokens
 
 BEGIN_MARK = "**PLAYBOOK_BEGIN**"
@@ -233,7 +233,7 @@ class _Applier:
         if id(b) not in self.tokens_before:
             self.tokens_before[id(b)] = _line_tokens(b)
             self.stored[id(b)] = tuple(getattr(b, c) for c in _MUTABLE)
-            self.cache[b.id] = b  # out of the session below: later ops must find this object, not reload it
+            self.cache[b.id] = b  # every later op that names it must find this object, not reload it
             if b in self.s:
                 self.s.expunge(b)  # finish() writes it
 
@@ -246,13 +246,13 @@ class _Applier:
         found = bullets_where(self.s.connection(), _BULLETS.c.playbook_id == self.pb.id, *criteria)
         return found[0] if found else None
 
-    def _by_pk(self, pk: int) -> Optional[Bullet]:
-        """The bullet with this pk: the object this delta already holds, else a fresh one."""
-        held = next((b for b in self.cache.values() if b.pk == pk), None)
-        b = held or self._fetch(_BULLETS.c.pk == pk)
-        if b is not None:
-            self.cache[b.id] = b
-        return b
+    def _resolve(self, ref: Bullet | int) -> Optional[Bullet]:
+        """A near-duplicate `_near_duplicate` named (an object, or a pk): the object this delta
+        already holds for it, else a fresh one."""
+        if isinstance(ref, Bullet):
+            return ref
+        held = next((b for b in self.cache.values() if b.pk == ref), None)
+        return held or self._fetch(_BULLETS.c.pk == ref)
 
     def _live(self, bullet_id: Optional[str], what: str) -> Bullet:
         b = self.cache.get(bullet_id or "") or self._fetch(_BULLETS.c.id == (bullet_id or ""))
@@ -261,7 +261,6 @@ class _Applier:
         if b.status != "active":
             raise DeltaError(f"{what}: bullet {bullet_id!r} was removed" +
                              (f" (merged into {b.merged_into})" if b.merged_into else ""))
-        self.cache[b.id] = b  # the same object for every op that names it
         return b
 
     def _new_bullet(self, section: Optional[str], content: str, helpful: int = 0, harmful: int = 0,
@@ -293,9 +292,9 @@ class _Applier:
             local = [b for b in touched if b.status == "active" and (self.dedup_within or id(b) not in self.created)]
             dup = _near_duplicate(self.s, self.pb, content, self.threshold, local,
                                   {b.pk for b in touched if b.pk is not None})
-            found = (dup[0] if isinstance(dup[0], Bullet) else self._by_pk(dup[0])) if dup is not None else None
-            if dup is not None and found is not None:
-                b, score = found, dup[1]
+            found = self._resolve(dup[0]) if dup is not None else None
+            if found is not None:
+                b, score = found, dup[1]  # type: ignore[index]
                 self._touch(b)
                 b.helpful += 1
                 b.updated_at = now
@@ -375,20 +374,10 @@ def _embed_after_commit(session: Session, pks: list[int]) -> None:
 
 def _index_after_commit(session: Session, playbook_id: str, old: int, new: int, bullets: list[Bullet]) -> None:
     """Once this transaction commits, move the in-memory retrieval index to the new version with the
-    rows it wrote; values are taken now, as stored (the timestamp as its column writes it)."""
-    engine = session.get_bind()
-    stamp = stored_form(_UPDATED_AT, engine.dialect)  # type: ignore[union-attr]
-    written = [b for b in bullets if b.pk is not None]
-    rows = [(b.pk, b.status, b.helpful, b.harmful, b.neutral,
-             stamp(b.updated_at) if stamp is not None else b.updated_at, b.section, len(b.content),
-             b.source_episode_id, b.content) for b in written]
-    copies = [detached_copy(b) for b in written if b.status == "active"]
-    url = str(engine.url)  # type: ignore[union-attr]
-    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, rows, copies),
-                 once=True)
-
-
-_UPDATED_AT = Bullet.__table__.c.updated_at  # type: ignore[attr-defined]
+    bullets it wrote (copied now, as stored)."""
+    copies = [detached_copy(b) for b in bullets if b.pk is not None]
+    url = str(session.get_bind().url)  # type: ignore[union-attr]
+    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, copies), once=True)
 
 
 def _summary(results: Sequence[OpResult]) -> str:
@@ -557,7 +546,7 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
     with write_session() as s:
         pb = _ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
         known = _load_bullets(s, pb.id, _named_ids(op_list))
-        if not auto or not op_list:
+        if not auto:
             return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)[0].id, None
         if not is_sqlite(s.get_bind()):  # type: ignore[arg-type]
             # ids below come from max(oid) under SQLite's write lock; elsewhere let the database assign them
@@ -604,8 +593,8 @@ def _all_pending(s: Session, delta_id: str) -> list[Decision]:
 
 def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str, lenient: bool,
             rows: Optional[Sequence[DeltaOp]] = None, known: Optional[dict[str, Bullet]] = None) -> ApplyResult:
-    """Apply the approved ops as one version. Lenient: an op that cannot apply is
-    rolled back alone (a savepoint) and rejected with the reason; strict: it raises.
+    """Apply the approved ops as one version. Lenient: an op that cannot apply is rejected
+    with the reason (it changed nothing) and the rest apply; strict: it raises.
     `rows`: all of the delta's ops, when the caller already holds them."""
     pb = _ensure_playbook(s, delta.playbook_id)
     if rows is None:
@@ -661,8 +650,12 @@ def _decide(s: Session, delta: Delta, decisions: Sequence[Decision], actor: str,
 # ----------------------------------------------------------------- rendering
 
 
+def _line(bullet_id: str, helpful: int, harmful: int, content: str) -> str:
+    return f"[{bullet_id}] helpful={helpful} harmful={harmful} :: {content}"
+
+
 def bullet_line(b: Bullet) -> str:
-    return f"[{b.id}] helpful={b.helpful} harmful={b.harmful} :: {b.content}"
+    return _line(b.id, b.helpful, b.harmful, b.content)
 
 
 def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget: Optional[int] = None) -> str:
@@ -677,7 +670,7 @@ def render(playbook: Optional[Playbook], bullets: Sequence[Bullet], token_budget
         d = getattr(b, "__dict__", None) or {}
         try:  # loaded values straight from the instance: 4x faster than the ORM's descriptors, same values
             status, section = d["status"], d["section"]
-            line = f"[{d['id']}] helpful={d['helpful']} harmful={d['harmful']} :: {d['content']}"  # bullet_line(b)
+            line = _line(d["id"], d["helpful"], d["harmful"], d["content"])  # bullet_line(b), from loaded values
         except KeyError:  # an expired or unloaded attribute: let the ORM load it
             status = b.status
             section, line = (b.section, bullet_line(b)) if status == "active" else ("", "")

@@ -37,7 +37,7 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import connection_writer, get_engine, is_sqlite, read_session, run_raw, thread_reader
+from core.db import connection_writer, get_engine, is_sqlite, read_session, run_raw, stored_form, thread_reader
 from core.embeddings import Embedder, embed_query, get_embedder
 from core.models import Bullet
 
@@ -788,35 +788,37 @@ def _store_lex(key: tuple[str, str], idx: _LexIndex) -> None:
             _lex.popitem(last=False)
 
 
+def _detached(values: Sequence[Any]) -> Bullet:
+    """A detached Bullet from its column values in table order, as a query would build it
+    (no ORM loading, nothing for a session to track)."""
+    b = _new_bullet()
+    b.__dict__.update(zip(_BULLET_COLS, values))
+    make_transient_to_detached(b)
+    return b
+
+
 def bullets_where(conn, *criteria: Any) -> list[Bullet]:  # type: ignore[no-untyped-def]
-    """Bullets matching Core `criteria`, as detached objects built from plain rows (no ORM loading,
-    nothing for a session to track): each column still goes through its type, as a query would."""
-    out = []
-    for r in conn.execute(select(_BULLET_TABLE).where(*criteria)):
-        b = _new_bullet()
-        b.__dict__.update(zip(_BULLET_COLS, r))
-        make_transient_to_detached(b)
-        out.append(b)
-    return out
+    """Bullets matching Core `criteria`, detached; each column still goes through its type."""
+    return [_detached(r) for r in conn.execute(select(_BULLET_TABLE).where(*criteria))]
 
 
 def detached_copy(b: Bullet) -> Bullet:
-    """A detached Bullet with `b`'s column values, as a query would build it: safe to share in a cache."""
-    c = _new_bullet()
-    c.__dict__.update((name, getattr(b, name)) for name in _BULLET_COLS)
-    make_transient_to_detached(c)
-    return c
+    """A detached copy of `b`'s column values: safe to share in a cache."""
+    return _detached([getattr(b, name) for name in _BULLET_COLS])
 
 
-def index_committed(url: str, playbook_id: str, old_version: int, new_version: int, rows: list[tuple],
-                    bullets: Sequence[Bullet] = ()) -> None:
-    """Bring this process's index from `old_version` to `new_version` with the rows a write just
-    committed (the shape `_refresh` reads), so the next query does not scan the playbook for them.
-    `bullets`: those rows as objects (copies nobody changes), so the next query need not read them.
-    Any other state (another writer got there first, no index yet) is left to `_refresh`."""
+def index_committed(url: str, playbook_id: str, old_version: int, new_version: int,
+                    bullets: Sequence[Bullet]) -> None:
+    """Bring this process's index from `old_version` to `new_version` with the bullets a write just
+    committed (copies nobody changes), so the next query neither scans the playbook for them nor
+    reads them back. Any other state (another writer got there first, no index yet) is left to `_refresh`."""
     idx = _lex_get((url, playbook_id))
     if idx is None:
         return
+    stamp = stored_form(_BULLET_TABLE.c.updated_at, get_engine(url).dialect)  # as `_refresh` reads it
+    rows = [(b.pk, b.status, b.helpful, b.harmful, b.neutral,  # the shape of `_META_SQL`, plus content
+             stamp(b.updated_at) if stamp is not None else b.updated_at, b.section, len(b.content),
+             b.source_episode_id, b.content) for b in bullets]
     with idx.lock:
         if idx.version != old_version:
             return

@@ -23,6 +23,21 @@ def _no_leftover_worker() -> Iterator[None]:
 
 
 @pytest.fixture()
+def fresh_retrieval() -> Iterator[None]:
+    """No embedder, retrieval index or query expansion cached by an earlier test, none left for the next."""
+    from core import embeddings, retrieval
+
+    def reset() -> None:
+        embeddings.reset_embedders()
+        retrieval.clear_cache()
+        retrieval._expansions.clear()
+
+    reset()
+    yield
+    reset()
+
+
+@pytest.fixture()
 def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'ace.db'}"
     monkeypatch.setenv("ACE_DB_URL", url)

@@ -1,26 +1,19 @@
 """Embedders and stored bullet vectors: endpoint (against the fake server), local (if installed), none."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlmodel import select
 
-from core import config, embeddings as E, retrieval as R
+from core import config, embeddings as E
 from core import playbook as P
 from core.db import read_session
 from core.models import BulletEmbedding
 from tests.fake_llm import hashed_vector
 
 
-@pytest.fixture(autouse=True)
-def _fresh_embedders() -> Iterator[None]:
-    E.reset_embedders()
-    R.clear_cache()
-    yield
-    E.reset_embedders()
-    R.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_retrieval")
 
 
 @pytest.fixture()

@@ -1,10 +1,9 @@
 """Hybrid ranking, its weights and fallbacks, provenance, query expansion and semantic dedup."""
 
-from collections.abc import Iterator
 
 import pytest
 
-from core import config, embeddings as E, retrieval as R
+from core import config, retrieval as R
 from core import playbook as P
 from core.db import write_session
 from core.models import Episode
@@ -19,15 +18,7 @@ BULLETS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    E.reset_embedders()
-    R.clear_cache()
-    R._expansions.clear()
-    yield
-    E.reset_embedders()
-    R.clear_cache()
-    R._expansions.clear()
+pytestmark = pytest.mark.usefixtures("fresh_retrieval")
 
 
 @pytest.fixture()

@@ -2,13 +2,11 @@
 service's in-loop embed_prompt: same ranking as the Session path, and a new version is seen at once."""
 
 import random
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from core import embeddings as E
 from core import playbook as P
 from core import retrieval as R
 from core.db import read_session, write_session
@@ -21,12 +19,7 @@ QUERIES = ["sort the csv rows by column", "average of an empty list crashes", "r
            "decode unicode json", "zzz qqq", "parse float and round it", "thread lock queue"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh() -> Iterator[None]:
-    E.reset_embedders()
-    R.clear_cache()
-    yield
-    R.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_retrieval")
 
 
 @pytest.fixture()

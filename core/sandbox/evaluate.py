@@ -17,7 +17,7 @@ from core.sandbox.base import Execution, OutputCallback, Sandbox
 MARKER = "__ACE_TEST_REPORT__"
 MAX_FEEDBACK = 3000
 
-_PRELUDE = f"""
+_PRELUDE = """
 def __ace_fail(desc, exc):
     __ace_failed.append(desc + " -> " + type(exc).__name__ + (": " + str(exc) if str(exc) else ""))
 __ace_failed = []
