@@ -5,7 +5,7 @@ The folder is not called pages/: Streamlit would then run a page on its own
 
 import streamlit as st
 
-from core import jobs
+from core.jobs import queue as jobs
 from core.config import get_settings
 from ui.components import sidebar_status
 

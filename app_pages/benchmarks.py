@@ -4,7 +4,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import bench, jobs, suites
+from core.bench import runner as bench
+from core.jobs import queue as jobs
+from core.bench import suites
 from core.config import get_settings
 from ui.components import call, friendly_errors, llm_missing_message, query_param
 

@@ -4,7 +4,8 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import bench, views
+from core import views
+from core.bench import runner as bench
 from ui.components import friendly_errors, query_param
 
 st.title("📈 Learning curves")

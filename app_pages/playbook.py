@@ -6,9 +6,11 @@ import html
 
 import streamlit as st
 
-from core import playbook as P
-from core import portability, versions, views
-from core.models import DeltaOp
+from core.playbook import deltas as P
+from core import views
+from core.playbook import portability
+from core.playbook import versions
+from core.storage.models import DeltaOp
 from ui.components import STATUS_ICON, call, friendly_errors, query_param
 
 st.title("📒 Playbooks")

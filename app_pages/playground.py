@@ -4,7 +4,10 @@ import streamlit as st
 from pydantic import ValidationError
 from streamlit_ace import st_ace
 
-from core import jobs, loop, samples, views
+from core import views
+from core.jobs import queue as jobs
+from core.episodes import loop
+from core.episodes import samples
 from core.config import get_settings
 from ui.components import friendly_errors, live_trace, llm_missing_message, query_param
 

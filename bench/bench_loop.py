@@ -1,6 +1,6 @@
 """Loop overhead per episode, excluding the LLM and the sandbox (target <= 20 ms).
 
-Episodes run end to end through core.loop with the real openai client against
+Episodes run end to end through core.episodes.loop with the real openai client against
 the fake OpenAI-compatible server on loopback and the real local sandbox; the
 overhead is wall time minus the time inside LLM calls and sandbox runs.
 Run: .venv/bin/python bench/bench_loop.py
@@ -29,8 +29,8 @@ def main() -> None:
     from core import config
 
     config.reset_settings()
-    from core import playbook as P
-    from core.loop import TaskSpec, run_episode
+    from core.playbook import deltas as P
+    from core.episodes.loop import TaskSpec, run_episode
     from core.sandbox import get_sandbox
 
     P.apply_delta("bench", [{"type": "ADD", "content": f"strategy {i} about lists and sums"} for i in range(50)])

@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 os.environ["ACE_DB_URL"] = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
 os.environ.setdefault("ACE_EMBEDDER", "none")
 
-from core import playbook as P  # noqa: E402
-from core import portability  # noqa: E402
+from core.playbook import deltas as P  # noqa: E402
+from core.playbook import portability  # noqa: E402
 
 WORDS = ("cache retry parse json regex pandas index sort merge async await timeout encode utf8 path file csv numpy "
          "float round int divide zero empty list dict key value loop recursion memo thread lock queue socket http "
@@ -53,7 +53,7 @@ if __name__ == "__main__":
     print(f"imported {N:,} bullets in {time.perf_counter() - t0:.1f} s\n")
     queries = [" ".join(rnd.choices(WORDS, k=12)) for _ in range(200)]
     qi = iter(queries * 10)
-    from core import retrieval
+    from core.retrieval import search as retrieval
 
     t0 = time.perf_counter()
     retrieval.warm("bench")  # built once per playbook version, in memory

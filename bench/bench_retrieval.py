@@ -35,7 +35,10 @@ sys.path.insert(0, str(ROOT))
 def _setup_db(path: Path) -> None:
     os.environ["ACE_DB_URL"] = f"sqlite:///{path}"
     os.environ["ACE_EMBEDDER"] = "none"
-    from core import config, db, embeddings, retrieval
+    from core import config
+    from core.storage import db
+    from core.retrieval import embeddings
+    from core.retrieval import search as retrieval
 
     config.reset_settings()
     db.dispose_engines()
@@ -49,7 +52,7 @@ def load_pairs(path: Path) -> list[dict[str, str]]:
 
 def build_playbook(pairs: list[dict[str, str]], playbook_id: str = "bench") -> dict[str, str]:
     """One playbook holding every bullet; returns pair id -> bullet id."""
-    from core import playbook as P
+    from core.playbook import deltas as P
 
     P.get_or_create_playbook(playbook_id, environment="python")
     res = P.apply_delta(playbook_id, [{"type": "ADD", "section": p["section"], "content": p["bullet"]} for p in pairs])
@@ -96,10 +99,10 @@ def recall(pairs: list[dict[str, str]], ids: dict[str, str], rank: Callable[[str
 
 
 def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
-    from core import playbook as P
-    from core.embeddings import SPLIT_MODELS, LocalEmbedder, local_available, reembed, split_model_available
+    from core.playbook import deltas as P
+    from core.retrieval.embeddings import SPLIT_MODELS, LocalEmbedder, local_available, reembed, split_model_available
     from core.config import get_settings
-    from core.retrieval import RankWeights, search
+    from core.retrieval.search import RankWeights, search
 
     pairs = load_pairs(pairs_path)
     ids = build_playbook(pairs)
@@ -188,9 +191,9 @@ def build_synthetic(playbook_id: str, n: int, model: str, dims: int, vocab: list
     """Bulk-load n bullets and their stored vectors straight into SQLite (the bench's own shortcut)."""
     from sqlalchemy import text
 
-    from core import playbook as P
-    from core.db import write_session
-    from core.models import utcnow
+    from core.playbook import deltas as P
+    from core.storage.db import write_session
+    from core.storage.models import utcnow
 
     P.get_or_create_playbook(playbook_id)
     rows, vecs = _synthetic(n, dims, seed=n, vocab=vocab)
@@ -217,8 +220,8 @@ def _pct(xs: list[float], p: float) -> float:
 
 def latency_section(sizes: list[int], pairs_path: Path, out: Callable[[str], None], k: int = 20) -> None:
     from core.config import get_settings
-    from core.embeddings import LocalEmbedder, embed_query, local_available
-    from core.retrieval import RankWeights, search, warm
+    from core.retrieval.embeddings import LocalEmbedder, embed_query, local_available
+    from core.retrieval.search import RankWeights, search, warm
 
     queries = [p["task"] for p in load_pairs(pairs_path)]
     vocab = _vocabulary(pairs_path)

@@ -1,6 +1,6 @@
 """How much does the benchmark runner itself cost per task, beside the sandbox?
 
-Runs the real runner (`core.bench.run_bench`: episodes, traces, result rows,
+Runs the real runner (`core.bench.runner.run_bench`: episodes, traces, result rows,
 resume bookkeeping) over the 164 HumanEval tasks with canned code: a
 hand-written Generator returns each problem's canonical solution, and the
 Reflector and Curator return empty answers, with no HTTP and no model. The
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def _result(value: Any) -> Any:
-    from core.llm import LLMResult
+    from core.llm.client import LLMResult
 
     return LLMResult(value, raw="", prompt_tokens=0, completion_tokens=0, latency_ms=0.0, call_ids=[], mode="canned",
                      messages=[])
@@ -37,7 +37,7 @@ class CannedGenerator:
 
     def generate(self, task: str, language: str, playbook_text: str, previous: list[Any],
                  episode_id: Optional[str] = None) -> Any:
-        from core.roles import GeneratorOutput
+        from core.roles.llm_roles import GeneratorOutput
 
         self.calls += 1
         return _result(GeneratorOutput(code=self.solutions[task], language=language))
@@ -45,22 +45,22 @@ class CannedGenerator:
 
 class SilentReflector:
     def reflect(self, *args: Any, **kwargs: Any) -> Any:
-        from core.roles import ReflectorOutput
+        from core.roles.llm_roles import ReflectorOutput
 
         return _result(ReflectorOutput(key_insight="canned"))
 
 
 class SilentCurator:
     def curate(self, *args: Any, **kwargs: Any) -> Any:
-        from core.roles import CuratorOutput
+        from core.roles.llm_roles import CuratorOutput
 
         return _result(CuratorOutput())
 
 
 def measure(concurrency: int, limit: Optional[int]) -> dict[str, float]:
-    from core import bench
-    from core.loop import Roles
-    from core.suites import humaneval_tasks
+    from core.bench import runner as bench
+    from core.episodes.loop import Roles
+    from core.bench.suites import humaneval_tasks
 
     tasks = humaneval_tasks()[:limit]
     gen = CannedGenerator({t.task: t.solution or "" for t in tasks})

@@ -5,7 +5,7 @@
 Seeds a fresh SQLite file (one import, so no dedup cost) with the 125 real
 bullets of data/retrieval_pairs.jsonl plus synthetic ones (Zipf-distributed
 words, like real text), queries with that file's real task texts, starts `ace serve`'s
-own `core.service.serve` in a child process on 127.0.0.1, and drives it from
+own `core.service.app.serve` in a child process on 127.0.0.1, and drives it from
 this process with keep-alive connections on a thread pool (stdlib http.client:
 the lightest client Python has, because on a 2-core machine the load generator
 competes with the server for CPU). Reports requests/s and p50/p90/p99 latency
@@ -53,7 +53,7 @@ def vocabulary(pairs: list[dict[str, str]], extra: int = 4000) -> list[str]:
 def seed(db_url: str, playbook_id: str, n: int, pairs: list[dict[str, str]]) -> tuple[float, int]:
     """The 125 real bullets plus synthetic ones whose words follow a Zipf law over the vocabulary."""
     os.environ["ACE_DB_URL"] = db_url
-    from core import portability
+    from core.playbook import portability
 
     rng = random.Random(7)
     vocab = vocabulary(pairs)
@@ -80,7 +80,7 @@ def free_port() -> int:
 def start_server(db_url: str, port: int, workers: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ACE_SERVICE_TOKEN")}
     env.update(ACE_DB_URL=db_url, ACE_WORKER_IN_APP="0")
-    code = f"from core.service import serve; serve('127.0.0.1', {port}, workers={workers})"
+    code = f"from core.service.app import serve; serve('127.0.0.1', {port}, workers={workers})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60

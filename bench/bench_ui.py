@@ -23,10 +23,10 @@ for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core import playbook as P  # noqa: E402
-from core import portability  # noqa: E402
-from core.db import write_session  # noqa: E402
-from core.models import Episode, utcnow  # noqa: E402
+from core.playbook import deltas as P  # noqa: E402
+from core.playbook import portability  # noqa: E402
+from core.storage.db import write_session  # noqa: E402
+from core.storage.models import Episode, utcnow  # noqa: E402
 
 WORDS = ("cache retry parse json regex pandas index sort merge async await timeout encode utf8 path file csv "
          "numpy float round int divide zero empty list dict key value loop recursion memo").split()

@@ -11,8 +11,8 @@ import pandas as pd
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from core.db import read_session
-from core.models import Bullet, Delta, DeltaOp, Episode, Event, Job, Playbook, PlaybookVersion, Reflection
+from core.storage.db import read_session
+from core.storage.models import Bullet, Delta, DeltaOp, Episode, Event, Job, Playbook, PlaybookVersion, Reflection
 
 
 def episodes_frame(playbook_id: Optional[str] = None, status: Optional[str] = None, limit: int = 500,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core import config, db
+from core import config
+from core.storage import db
 
 # Nothing a test does may reach a real model or cloud with real keys.
 for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_TOKEN", "ACE_MODEL"):
@@ -17,7 +18,7 @@ for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_T
 def _no_leftover_worker() -> Iterator[None]:
     """A worker thread started by one test (the app, the service) must not take the next test's jobs."""
     yield
-    from core import jobs
+    from core.jobs import queue as jobs
 
     jobs.stop_background_worker()
 
@@ -25,7 +26,8 @@ def _no_leftover_worker() -> Iterator[None]:
 @pytest.fixture()
 def fresh_retrieval() -> Iterator[None]:
     """No embedder, retrieval index or query expansion cached by an earlier test, none left for the next."""
-    from core import embeddings, retrieval
+    from core.retrieval import embeddings
+    from core.retrieval import search as retrieval
 
     def reset() -> None:
         embeddings.reset_embedders()
@@ -65,7 +67,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture()
 def fake_llm(monkeypatch: pytest.MonkeyPatch, db_url: str):
     """A running fake OpenAI-compatible server, with settings pointing at it."""
-    from core import llm
+    from core.llm import client as llm
     from tests.fake_llm import FakeLLM
 
     fake = FakeLLM().start()

@@ -7,10 +7,10 @@ import pytest
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
-from core import playbook as P
-from core.db import read_session
-from core.loop import TaskSpec, run_episode
-from core.models import Delta, DeltaOp
+from core.playbook import deltas as P
+from core.storage.db import read_session
+from core.episodes.loop import TaskSpec, run_episode
+from core.storage.models import Delta, DeltaOp
 from tests.scripted import add, cur, gen, refl
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -140,7 +140,8 @@ def test_version_diff_and_restore(populated) -> None:
 
 
 def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
-    from core import bench, jobs
+    from core.bench import runner as bench
+    from core.jobs import queue as jobs
 
     fake_llm.default = lambda req: _bench_reply(req)
     run_id = bench.start_bench("python", epochs=1, split=0.5, limit=2, concurrency=1)

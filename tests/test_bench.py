@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from core import bench, jobs
-from core.db import read_session
-from core.models import BenchResult, BenchRun, Delta, Episode, Event
+from core.bench import runner as bench
+from core.jobs import queue as jobs
+from core.storage.db import read_session
+from core.storage.models import BenchResult, BenchRun, Delta, Episode, Event
 from core.sandbox import get_sandbox
 from core.sandbox.evaluate import evaluate
-from core.suites import SuiteError, add_suite, humaneval_tasks, list_suites, load_suite, parse_jsonl
+from core.bench.suites import SuiteError, add_suite, humaneval_tasks, list_suites, load_suite, parse_jsonl
 from tests.fake_llm import Delay
 from tests.scripted import add, cur, gen, refl
 
@@ -174,7 +175,7 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
     fake_llm.default = router(delay=0.3)
     run_id = bench.create_run(str(suite_file), epochs=1, split=0.5, concurrency=2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "bench", "--resume", run_id], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli.main", "bench", "--resume", run_id], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 40
@@ -190,7 +191,7 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
     assert 4 <= len(before) < 12 and bench.get_run(run_id).status == "running"
     # resume in this process, through the CLI, with exports
     out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
-    from core.cli import main
+    from core.cli.main import main
 
     assert main(["bench", "--resume", run_id, "--csv", str(out_csv), "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
@@ -215,7 +216,7 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
 
 def test_a_task_claimed_elsewhere_leaves_no_episode_behind(suite_file: Path) -> None:
     """The episode and its claim are one transaction: a lost claim stores neither, a kill between them cannot split them."""
-    from core.loop import TaskSpec, new_episode
+    from core.episodes.loop import TaskSpec, new_episode
 
     run_id = bench.create_run(str(suite_file), epochs=1, split=0.5)
     unit = bench.Unit("baseline", "test", 0, load_suite(str(suite_file)).tasks[0])
@@ -233,7 +234,7 @@ def test_a_task_claimed_elsewhere_leaves_no_episode_behind(suite_file: Path) -> 
 
 
 def test_cli_runs_a_suite_file_and_reports_usage_errors(fake_llm, suite_file: Path, capsys) -> None:
-    from core.cli import main
+    from core.cli.main import main
 
     fake_llm.default = router()
     assert main(["bench", str(suite_file), "--limit", "2", "--split", "0", "--epochs", "0"]) == 0
@@ -276,9 +277,9 @@ def test_review_workflow_runs_in_a_benchmark(fake_llm, suite_file: Path) -> None
 def test_a_dead_worker_leaves_the_run_queued_for_resume_then_failed(db_url, suite_file: Path, settings_env) -> None:
     from datetime import timedelta
 
-    from core.db import write_session
-    from core.llm import LLMNotConfigured
-    from core.models import Job, utcnow
+    from core.storage.db import write_session
+    from core.llm.client import LLMNotConfigured
+    from core.storage.models import Job, utcnow
 
     with pytest.raises(LLMNotConfigured):
         bench.start_bench(str(suite_file), limit=2)

@@ -1,4 +1,4 @@
-"""core.client against a real uvicorn on 127.0.0.1 (sync) and the ASGI app (async)."""
+"""core.service.client against a real uvicorn on 127.0.0.1 (sync) and the ASGI app (async)."""
 
 import asyncio
 from collections.abc import Iterator
@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pytest
 
-from core.client import (ACEClient, ACEConnectionError, ACEHTTPError, ACETimeout, AsyncACEClient,
+from core.service.client import (ACEClient, ACEConnectionError, ACEHTTPError, ACETimeout, AsyncACEClient,
                          LearnJobFailed)
-from core.service import create_app
+from core.service.app import create_app
 from tests.test_service_support import ThreadServer, free_port
 
 
@@ -59,8 +59,8 @@ def test_token_is_sent(db_url: str, settings_env: Any) -> None:
 
 
 def test_wait_for_learn_raises_on_failure(db_url: str) -> None:
-    import core.handlers  # noqa: F401
-    from core import jobs
+    import core.worker  # noqa: F401
+    from core.jobs import queue as jobs
 
     with ThreadServer(create_app(start_worker=False)) as srv, ACEClient(srv.base_url) as ace:
         jid = ace.learn("bot", "task", "trajectory")  # no model configured: the job fails

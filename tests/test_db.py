@@ -5,9 +5,9 @@ from datetime import timezone
 import pytest
 from sqlmodel import func, select
 
-from core import db
-from core.loop import TaskSpec, create_episode
-from core.models import Episode, Event, LLMCall, utcnow
+from core.storage import db
+from core.episodes.loop import TaskSpec, create_episode
+from core.storage.models import Episode, Event, LLMCall, utcnow
 
 
 def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
@@ -39,7 +39,7 @@ def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
 
 
 def test_row_writer_stores_json_none_as_the_orm_does(db_url: str) -> None:
-    from core.models import Job
+    from core.storage.models import Job
 
     with db.write_session() as s:
         s.add(Job(id="orm", kind="x", payload={}, result=None))
@@ -79,7 +79,7 @@ def test_plain_statements_raise_the_orms_exceptions(db_url: str) -> None:
     """Callers and the service's handlers (503 for a busy or full database) catch SQLAlchemy's errors."""
     from sqlalchemy.exc import IntegrityError, OperationalError
 
-    from core.models import Job
+    from core.storage.models import Job
 
     with db.row_writer() as w:
         w.add([Job(id="j1", kind="x", payload={})])

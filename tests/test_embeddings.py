@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
-from core import config, embeddings as E
-from core import playbook as P
-from core.db import read_session
-from core.models import BulletEmbedding
+from core import config
+from core.retrieval import embeddings as E
+from core.playbook import deltas as P
+from core.storage.db import read_session
+from core.storage.models import BulletEmbedding
 from tests.fake_llm import hashed_vector
 
 

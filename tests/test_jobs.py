@@ -7,11 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-from core import jobs
-from core import playbook as P
-from core.db import read_session
-from core.loop import TaskSpec, episode_events, submit_episode
-from core.models import Episode
+from core.jobs import queue as jobs
+from core.playbook import deltas as P
+from core.storage.db import read_session
+from core.episodes.loop import TaskSpec, episode_events, submit_episode
+from core.storage.models import Episode
 from tests.fake_llm import Delay
 from tests.scripted import add, cur, gen, refl
 

@@ -3,11 +3,11 @@ openai client against the fake OpenAI-compatible server."""
 
 from sqlmodel import select
 
-from core import playbook as P
-from core.db import read_session
-from core.loop import TaskSpec, episode_events, extract_bullet_ids, learn, run_episode
-from core.models import Delta, Episode, LLMCall, Reflection
-from core.routing import route
+from core.playbook import deltas as P
+from core.storage.db import read_session
+from core.episodes.loop import TaskSpec, episode_events, extract_bullet_ids, learn, run_episode
+from core.storage.models import Delta, Episode, LLMCall, Reflection
+from core.playbook.routing import route
 from tests.fake_llm import Status
 from tests.scripted import add, cur, gen, refl
 
@@ -153,7 +153,7 @@ def test_learn_from_an_outside_trajectory(fake_llm) -> None:
 
 def test_curator_is_shown_near_duplicates_to_merge(fake_llm, settings_env) -> None:
     settings_env(ACE_EMBEDDER="endpoint", ACE_EMBED_MODEL="fake-embed")
-    from core.embeddings import reset_embedders
+    from core.retrieval.embeddings import reset_embedders
 
     reset_embedders()
     P.apply_delta("dups", [{"type": "ADD", "content": "cache results of slow pure functions with lru_cache"},

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, text
 
-from core import db
+from core.storage import db
 
 
 def test_empty_database_upgrades_to_head(tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_models_match_the_migrations(tmp_path: Path) -> None:
     from alembic.migration import MigrationContext
     from sqlmodel import SQLModel
 
-    import core.models  # noqa: F401
+    import core.storage.models  # noqa: F401
 
     engine = create_engine(f"sqlite:///{tmp_path / 'cmp.db'}")
     db._install_sqlite_hooks(engine)

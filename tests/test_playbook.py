@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from core import playbook as P
-from core import portability as X
-from core import versions as V
-from core.db import read_session
-from core.models import Delta, DeltaOp
-from core.ops import DeltaError
+from core.playbook import deltas as P
+from core.playbook import portability as X
+from core.playbook import versions as V
+from core.storage.db import read_session
+from core.storage.models import Delta, DeltaOp
+from core.playbook.ops import DeltaError
 from sqlmodel import select
 
 
@@ -298,7 +298,7 @@ def test_curator_dedup_sees_adds_earlier_in_the_same_delta(pb: str) -> None:
 
 
 def test_dedup_ranks_with_the_in_memory_index_when_it_is_current(pb: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import retrieval as R
+    from core.retrieval import search as R
 
     P.retrieve(pb, "sort a dictionary", 5)  # builds the in-memory index at the current version
     monkeypatch.setattr(R, "_lexical_rows", lambda *a, **k: pytest.fail("FTS5 queried though the index is current"))

@@ -17,12 +17,12 @@ from typing import Any, Optional
 import pytest
 from sqlmodel import select
 
-from core import playbook as P
-from core import retrieval as R
-from core import versions as V
-from core.db import read_session
-from core.models import Bullet, BulletRevision, DeltaOp, Playbook, PlaybookVersion
-from core.ops import DEFAULT_SECTION, DeltaError, normalize_section
+from core.playbook import deltas as P
+from core.retrieval import search as R
+from core.playbook import versions as V
+from core.storage.db import read_session
+from core.storage.models import Bullet, BulletRevision, DeltaOp, Playbook, PlaybookVersion
+from core.playbook.ops import DEFAULT_SECTION, DeltaError, normalize_section
 from core.tokens import estimate_tokens
 
 

@@ -3,11 +3,12 @@
 
 import pytest
 
-from core import config, retrieval as R
-from core import playbook as P
-from core.db import write_session
-from core.models import Episode
-from core.retrieval import RankWeights
+from core import config
+from core.retrieval import search as R
+from core.playbook import deltas as P
+from core.storage.db import write_session
+from core.storage.models import Episode
+from core.retrieval.search import RankWeights
 from tests.fake_llm import Status
 
 BULLETS = [

@@ -7,11 +7,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from core import playbook as P
-from core import retrieval as R
-from core.db import read_session, write_session
-from core.models import Bullet, Episode
-from core.service import create_app
+from core.playbook import deltas as P
+from core.retrieval import search as R
+from core.storage.db import read_session, write_session
+from core.storage.models import Bullet, Episode
+from core.service.app import create_app
 
 VOCAB = ("parse cache retry index buffer stream socket thread lock queue vector matrix sort filter csv json "
          "float round empty list dict average mean crash error timeout regex unicode encode decode").split()
@@ -132,7 +132,7 @@ def test_cached_path_never_waits_for_a_busy_index(db_url: str) -> None:
     thread must send it to the thread pool at once, not block every request behind it."""
     import time
 
-    from core.db import get_engine
+    from core.storage.db import get_engine
 
     P.apply_delta("busy", [{"type": "ADD", "content": f"{w} strategy"} for w in VOCAB])
     P.retrieve("busy", "sort csv", 5)

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core import playbook as P
-from core import versions as V
-from core.service import create_app
+from core.playbook import deltas as P
+from core.playbook import versions as V
+from core.service.app import create_app
 
 PLAYBOOK_KEYS = {"id", "name", "description", "created_at", "modified_at"}
 BULLET_KEYS = {"id", "playbook_id", "content", "metadata", "created_at", "modified_at"}
@@ -306,7 +306,7 @@ def test_a_full_database_is_503_and_changes_nothing(db_url: str) -> None:
     """A delta the database cannot take (here: the file may not grow) is a retryable 503, not a 500."""
     from sqlalchemy import event
 
-    from core.db import dispose_engines, get_engine
+    from core.storage.db import dispose_engines, get_engine
 
     P.apply_delta("full", [{"type": "ADD", "content": "seed"}])
     engine = get_engine()

@@ -7,9 +7,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from core import playbook as P
+from core.playbook import deltas as P
 from core.config import load_settings
-from core.service import create_app
+from core.service.app import create_app
 
 # Default settings (no token), without reading the environment at import; the
 # database comes from the db_url fixture at request time.

@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import core.handlers  # noqa: F401  (registers the "learn" job kind)
-from core import jobs
-from core.service import create_app
+import core.worker  # noqa: F401  (registers the "learn" job kind)
+from core.jobs import queue as jobs
+from core.service.app import create_app
 from tests.fake_llm import FakeLLM
 
 

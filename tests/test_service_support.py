@@ -59,12 +59,12 @@ class ThreadServer:
 
 
 def start_process(env: dict[str, str], port: Optional[int] = None) -> tuple[subprocess.Popen, str]:
-    """`core.service.serve` in a child process (what `ace serve` runs), with a clean environment."""
+    """`core.service.app.serve` in a child process (what `ace serve` runs), with a clean environment."""
     port = port or free_port()
     full = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     full.update(env)
     log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server
-    proc = subprocess.Popen([sys.executable, "-c", f"from core.service import serve; serve('127.0.0.1', {port})"],
+    proc = subprocess.Popen([sys.executable, "-c", f"from core.service.app import serve; serve('127.0.0.1', {port})"],
                             cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _logs[proc.pid] = log
     base = f"http://127.0.0.1:{port}"

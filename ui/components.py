@@ -12,7 +12,8 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import jobs, views
+from core import views
+from core.jobs import queue as jobs
 from core.config import get_settings
 
 STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "error": "⚠️",
@@ -45,8 +46,8 @@ def isolation_label(backend: str) -> str:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def retrieval_label() -> str:
-    from core.embeddings import embedder_status
-    from core.retrieval import RankWeights
+    from core.retrieval.embeddings import embedder_status
+    from core.retrieval.search import RankWeights
 
     weights = ", ".join(f"{k} {v:g}" for k, v in RankWeights.from_settings().as_dict().items())
     return f"{embedder_status()}  \nweights: {weights}"

@@ -23,8 +23,8 @@ import openai
 from pydantic import BaseModel, ValidationError
 
 from core.config import Settings, get_settings
-from core.db import write_session
-from core.models import LLMCall
+from core.storage.db import write_session
+from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
 MODES = ("json_schema", "json_object", "plain")

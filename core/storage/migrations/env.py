@@ -1,9 +1,9 @@
-"""Alembic environment: runs on the connection core.db hands over, or on ACE_DB_URL."""
+"""Alembic environment: runs on the connection core.storage.db hands over, or on ACE_DB_URL."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-import core.models  # noqa: F401  (registers the tables on the metadata)
+import core.storage.models  # noqa: F401  (registers the tables on the metadata)
 from sqlmodel import SQLModel
 
 target_metadata = SQLModel.metadata

@@ -4,7 +4,7 @@ Agents call `embed_prompt` before inference and `episodes/learn` after a run.
 Paths, status codes and envelopes match the reference ACE service
 (CakeCrusher/ACE_service) so its web client and integrations work unchanged;
 versions, diffs, review of pending deltas, export and import come on top.
-Every bullet change goes through `core.playbook` and so becomes a version.
+Every bullet change goes through `core.playbook.deltas` and so becomes a version.
 Learning runs on the durable job queue, never in the request.
 """
 
@@ -28,13 +28,15 @@ from sqlalchemy import func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import select
 
-from core import jobs
-from core import playbook as P
-from core import portability, retrieval, versions
+from core.jobs import queue as jobs
+from core.playbook import deltas as P
+from core.playbook import portability
+from core.retrieval import search as retrieval
+from core.playbook import versions
 from core.config import Settings, get_settings
-from core.db import get_engine, read_session, write_session
-from core.models import Bullet, Delta, DeltaOp, Job, Playbook, utcnow
-from core.ops import DeltaError, DeltaIn, normalize_section
+from core.storage.db import get_engine, read_session, write_session
+from core.storage.models import Bullet, Delta, DeltaOp, Job, Playbook, utcnow
+from core.playbook.ops import DeltaError, DeltaIn, normalize_section
 
 log = logging.getLogger("ace.service")
 
@@ -809,7 +811,7 @@ def create_app(start_worker: Optional[bool] = None, settings: Optional[Settings]
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(get_engine)  # migrate now, not on the first request
         if run_worker:
-            import core.handlers  # noqa: F401  (fail here, loudly, if a job kind is missing)
+            import core.worker  # noqa: F401  (fail here, loudly, if a job kind is missing)
 
             jobs.ensure_background_worker()
         threading.Thread(target=_warm_indexes, name="ace-warm", daemon=True).start()
@@ -856,7 +858,7 @@ def create_app(start_worker: Optional[bool] = None, settings: Optional[Settings]
 
 def _warm_indexes() -> None:
     """Build each playbook's in-memory retrieval index now, not on an agent's first request."""
-    from core import retrieval
+    from core.retrieval import search as retrieval
 
     for pb in P.list_playbooks():
         try:
@@ -870,7 +872,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1, access_lo
     import uvicorn
 
     if workers > 1:
-        uvicorn.run("core.service:create_app", factory=True, host=host, port=port, workers=workers,
+        uvicorn.run("core.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                     access_log=access_log)
     else:
         uvicorn.run(create_app(), host=host, port=port, access_log=access_log)

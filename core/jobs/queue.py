@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 from sqlmodel import select
 
-from core.db import read_session, row_writer, write_session
-from core.models import Job, utcnow
+from core.storage.db import read_session, row_writer, write_session
+from core.storage.models import Job, utcnow
 
 log = logging.getLogger("ace.jobs")
 STALE_AFTER_S = float(os.environ.get("ACE_JOB_STALE_SECONDS", "30"))
@@ -146,7 +146,7 @@ def _finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, e
 
 
 def _load_handlers() -> None:
-    import core.handlers  # noqa: F401  (registers the job kinds and recovery hooks)
+    import core.worker  # noqa: F401  (registers the job kinds and recovery hooks)
 
 
 def recover_stale(stale_after_s: float = STALE_AFTER_S) -> list[str]:

@@ -22,11 +22,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from core.config import get_settings
-from core.db import connection_writer, is_sqlite, read_session, row_writer, write_session
-from core.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
-from core.embeddings import embed_after_write, embed_query
-from core.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
-from core.retrieval import (RankWeights, Retrieved, bullets_where, detached_copy, index_committed,
+from core.storage.db import connection_writer, is_sqlite, read_session, row_writer, write_session
+from core.storage.models import Bullet, BulletRevision, Delta, DeltaOp, Playbook, PlaybookVersion, utcnow
+from core.retrieval.embeddings import embed_after_write, embed_query
+from core.playbook.ops import DEFAULT_SECTION, DeltaError, DeltaIn, OpIn, check_content, normalize_section
+from core.retrieval.search import (RankWeights, Retrieved, bullets_where, detached_copy, index_committed,
                             lexical_candidates, search, semantic_near_duplicate)
 from core.tokens import estimate_tokens
 

@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from core.config import Settings, get_settings
-from core.db import read_session, write_session
-from core.models import BulletEmbedding, utcnow
+from core.storage.db import read_session, write_session
+from core.storage.models import BulletEmbedding, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ then `reflect`/`curate`/`apply` once per role, each payload naming its
 `<pid>-optimizer`) through the same propose/auto-apply path, so every role's
 deltas can be curated in the diff viewer.
 
-Reached through `core.loop.run_episode` with `TaskSpec(workflow="review")`.
+Reached through `core.episodes.loop.run_episode` with `TaskSpec(workflow="review")`.
 """
 
 import time
@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from core import jobs
+from core.jobs import queue as jobs
 from core.config import Settings, get_settings
-from core.db import write_session
-from core.llm import LLMResult
-from core.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
+from core.storage.db import write_session
+from core.llm.client import LLMResult
+from core.episodes.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
                        _load_episode, _update_episode, create_episode, learned_delta, record_run,
                        reflect_and_curate)
-from core.models import Episode, utcnow
-from core.playbook import _ensure_playbook, render, retrieve
-from core.roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
+from core.storage.models import Episode, utcnow
+from core.playbook.deltas import _ensure_playbook, render, retrieve
+from core.roles.llm_roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
 from core.sandbox.evaluate import Verdict
 
 ROLE_SUFFIX = {"generator": "", "reviewer": "-reviewer", "optimizer": "-optimizer"}
@@ -51,8 +51,8 @@ class ReviewRoles(Roles):
 
     @classmethod
     def from_settings(cls, settings: Optional[Settings] = None) -> "ReviewRoles":
-        from core.llm import LLMClient
-        from core.roles import LLMCurator, LLMGenerator, LLMOptimizer, LLMReflector, LLMReviewer
+        from core.llm.client import LLMClient
+        from core.roles.llm_roles import LLMCurator, LLMGenerator, LLMOptimizer, LLMReflector, LLMReviewer
 
         llm = LLMClient(settings)
         return cls(LLMGenerator(llm), LLMReflector(llm), LLMCurator(llm), LLMReviewer(llm), LLMOptimizer(llm))

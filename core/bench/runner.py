@@ -5,7 +5,7 @@ train split for N epochs into its playbook (offline adaptation), then is
 evaluated on the held-out test split with that playbook frozen. A baseline arm
 (same model, an empty playbook, k=0, no learning) runs the same tasks in the
 same run, so the comparison is fair. Every task goes through the one loop
-(`core.loop.run_episode`), so each has a full trace.
+(`core.episodes.loop.run_episode`), so each has a full trace.
 
 Results are rows keyed (run, arm, phase, epoch, task): a row is claimed
 before its episode starts (error = RUNNING) and finished after, so a run
@@ -31,12 +31,12 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from core import jobs
+from core.jobs import queue as jobs
 from core.config import get_settings
-from core.db import query_row, read_session, row_writer, write_session
-from core.loop import Roles, TaskSpec, learned_delta, new_episode, run_episode
-from core.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
-from core.suites import Suite, SuiteError, SuiteTask, load_suite
+from core.storage.db import query_row, read_session, row_writer, write_session
+from core.episodes.loop import Roles, TaskSpec, learned_delta, new_episode, run_episode
+from core.storage.models import BenchResult, BenchRun, Episode, LLMCall, Job, utcnow
+from core.bench.suites import Suite, SuiteError, SuiteTask, load_suite
 
 RUNNING = "(running)"  # BenchResult.error while its task is under way; resume finishes or reruns it
 Progress = Callable[[dict[str, Any]], None]
@@ -124,7 +124,7 @@ def create_run(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional[
     cfg.train, cfg.test = split_tasks(s.tasks, cfg.split, cfg.seed, cfg.limit)
     run = BenchRun(suite=s.name, config={})
     if playbook_id is not None:
-        from core.playbook import validate_playbook_id
+        from core.playbook.deltas import validate_playbook_id
 
         validate_playbook_id(playbook_id)
     run.playbook_id = playbook_id or run.id
@@ -147,7 +147,7 @@ def start_bench(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional
 
 
 def _require_llm() -> None:
-    from core.llm import LLMNotConfigured
+    from core.llm.client import LLMNotConfigured
 
     if not get_settings().llm_configured:
         raise LLMNotConfigured()
@@ -456,7 +456,7 @@ def mark_job_interrupted(job: Job) -> None:
 
 def _roles(cfg: BenchConfig) -> Roles:
     if cfg.workflow == "review":
-        from core.review import ReviewRoles
+        from core.episodes.review import ReviewRoles
 
         return ReviewRoles.from_settings()
     return Roles.from_settings()
@@ -514,7 +514,7 @@ def learning_curve(run_id: str) -> list[dict[str, Any]]:
 
 def summarize(run_id: str) -> dict[str, Any]:
     """The figures a run is judged by; stored on the run when it ends."""
-    from core.playbook import count_bullets
+    from core.playbook.deltas import count_bullets
 
     run = get_run(run_id)
     cfg = BenchConfig.model_validate(run.config)
@@ -658,9 +658,9 @@ def print_summary(s: dict[str, Any]) -> None:
 
 def cli_bench(a: Any) -> int:
     """`ace bench`: run, resume, list or add suites; prints progress and the figures."""
-    from core.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, _fail
-    from core.llm import LLMNotConfigured
-    from core.suites import add_suite, list_suites
+    from core.cli.main import EXIT_ERROR, EXIT_OK, EXIT_USAGE, _fail
+    from core.llm.client import LLMNotConfigured
+    from core.bench.suites import add_suite, list_suites
 
     try:
         if getattr(a, "list", False):

@@ -81,7 +81,7 @@ def _print_event(ev: dict[str, Any]) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from core.loop import TaskSpec, run_episode
+    from core.episodes.loop import TaskSpec, run_episode
 
     try:
         spec = TaskSpec(task=a.task, language=a.language, tests=_read(a.tests), expected_output=_read(a.expected),
@@ -102,7 +102,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from core.jobs import run_worker
+    from core.jobs.queue import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
@@ -117,7 +117,7 @@ def cmd_worker(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from core.service import serve
+    from core.service.app import serve
 
     serve(a.host, a.port)
     return EXIT_OK
@@ -139,7 +139,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_reembed(a: argparse.Namespace) -> int:
-    from core.embeddings import embedder_status, reembed
+    from core.retrieval.embeddings import embedder_status, reembed
 
     print(embedder_status())
     n = reembed(a.playbook)
@@ -148,10 +148,10 @@ def cmd_reembed(a: argparse.Namespace) -> int:
 
 
 def cmd_playbook(a: argparse.Namespace) -> int:
-    from core import playbook as P
-    from core import portability as X
-    from core import versions as V
-    from core.ops import DeltaError
+    from core.playbook import deltas as P
+    from core.playbook import portability as X
+    from core.playbook import versions as V
+    from core.playbook.ops import DeltaError
 
     try:
         if a.pb_cmd == "list":
@@ -194,7 +194,7 @@ def cmd_playbook(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from core.bench import cli_bench
+    from core.bench.runner import cli_bench
 
     return cli_bench(a)
 

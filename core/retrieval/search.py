@@ -37,9 +37,9 @@ from sqlalchemy.orm import configure_mappers, instrumentation, make_transient_to
 from sqlmodel import Session, select
 
 from core.config import Settings, get_settings
-from core.db import connection_writer, get_engine, is_sqlite, read_session, run_raw, stored_form, thread_reader
-from core.embeddings import Embedder, embed_query, get_embedder
-from core.models import Bullet
+from core.storage.db import connection_writer, get_engine, is_sqlite, read_session, run_raw, stored_form, thread_reader
+from core.retrieval.embeddings import Embedder, embed_query, get_embedder
+from core.storage.models import Bullet
 
 log = logging.getLogger(__name__)
 
@@ -894,7 +894,7 @@ def expand_query(task: str, settings: Optional[Settings] = None) -> str:
         if key in _expansions:
             return _expansions[key]
     try:
-        from core.llm import LLMClient
+        from core.llm.client import LLMClient
 
         res = LLMClient(s).structured("expand", [{"role": "system", "content": _EXPAND_SYSTEM},
                                                  {"role": "user", "content": task[:4000]}], _Pitfalls)

@@ -11,9 +11,9 @@ from typing import Optional
 from sqlalchemy import and_, func
 from sqlmodel import Session, select
 
-from core.db import read_session, write_session
-from core.models import Bullet, BulletRevision, Delta, PlaybookVersion, utcnow
-from core.ops import DeltaError
+from core.storage.db import read_session, write_session
+from core.storage.models import Bullet, BulletRevision, Delta, PlaybookVersion, utcnow
+from core.playbook.ops import DeltaError
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def diff_versions(playbook_id: str, a: int, b: int) -> VersionDiff:
 
 def restore_version(playbook_id: str, number: int, actor: str = "user") -> int:
     """Make the playbook look as it did at `number`, as a new version."""
-    from core.playbook import _Applier, _ensure_playbook  # one applier writes versions
+    from core.playbook.deltas import _Applier, _ensure_playbook  # one applier writes versions
 
     with write_session() as s:
         pb = _ensure_playbook(s, playbook_id)

@@ -18,16 +18,16 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
-from core import jobs
+from core.jobs import queue as jobs
 from core.config import Settings, get_settings
-from core.db import query_row, read_session, row_writer, write_session
-from core.models import Delta, Episode, Event, Reflection, utcnow
-from core.ops import OpIn
-from core.playbook import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, get_or_create_playbook,
+from core.storage.db import query_row, read_session, row_writer, write_session
+from core.storage.models import Delta, Episode, Event, Reflection, utcnow
+from core.playbook.ops import OpIn
+from core.playbook.deltas import (BEGIN_MARK, END_MARK, _ensure_playbook, bullet_line, get_bullet, get_or_create_playbook,
                            render, retrieve, submit_delta, validate_playbook_id)
-from core.roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
-from core.llm import deferred_call_log
-from core.routing import route
+from core.roles.llm_roles import Attempt, Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
+from core.llm.client import deferred_call_log
+from core.playbook.routing import route
 from core.sandbox.evaluate import MARKER
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -62,7 +62,7 @@ class Roles:
 
     @classmethod
     def from_settings(cls, settings: Optional[Settings] = None) -> "Roles":
-        from core.llm import LLMClient
+        from core.llm.client import LLMClient
 
         llm = LLMClient(settings)
         return cls(LLMGenerator(llm), LLMReflector(llm), LLMCurator(llm))
@@ -283,7 +283,7 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     from core.sandbox.evaluate import evaluate
 
     if spec.workflow == "review" and spec.mode == "llm":
-        from core.review import run_review_episode
+        from core.episodes.review import run_review_episode
 
         return run_review_episode(spec, episode_id=episode_id or (episode.id if episode else None), roles=roles,
                                   sandbox=sandbox, job_id=job_id, settings=settings, on_event=on_event)
@@ -457,7 +457,7 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
 
 def _merge_hints(playbook_id: str, ids: list[str]) -> str:
     """Near-duplicate pairs among the bullets the Curator sees, so it can MERGE them."""
-    from core.retrieval import similar_pairs
+    from core.retrieval.search import similar_pairs
 
     try:
         pairs = similar_pairs(playbook_id, among=ids, limit=5)

@@ -15,9 +15,9 @@ from typing import Any, Optional
 
 from sqlmodel import select
 
-from core.db import read_session, write_session
-from core.models import Bullet, Delta, Playbook, utcnow
-from core.ops import DeltaError, check_content, normalize_section
+from core.storage.db import read_session, write_session
+from core.storage.models import Bullet, Delta, Playbook, utcnow
+from core.playbook.ops import DeltaError, check_content, normalize_section
 
 FORMAT_TAG = "ace-playground/1"
 MAX_IMPORT_BYTES = 50_000_000
@@ -187,7 +187,7 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
     Returns (bullets imported, new version). With `replace`, the playbook's
     current bullets are removed first, in the same version.
     """
-    from core.playbook import _Applier, _ensure_playbook
+    from core.playbook.deltas import _Applier, _ensure_playbook
 
     fmt, items, meta = parse(data)
     for i, it in enumerate(items):

@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from core import jobs, loop
-from core.models import Job
+from core.jobs import queue as jobs
+from core.episodes import loop
+from core.storage.models import Job
 
 
 def run_episode_job(job: Job) -> dict[str, Any]:
@@ -34,13 +35,13 @@ jobs.on_recovered(loop.mark_interrupted)
 
 
 def run_bench_job(job: Job) -> dict[str, Any]:
-    from core import bench
+    from core.bench import runner as bench
 
     return bench.run_bench_job(job)
 
 
 def mark_bench_interrupted(job: Job) -> None:
-    from core import bench
+    from core.bench import runner as bench
 
     bench.mark_job_interrupted(job)
 

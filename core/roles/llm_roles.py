@@ -13,8 +13,8 @@ from typing import Any, Literal, Optional, Protocol
 
 from pydantic import BaseModel, Field
 
-from core.llm import LLMClient, LLMResult
-from core.ops import OpIn
+from core.llm.client import LLMClient, LLMResult
+from core.playbook.ops import OpIn
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 MAX_FEEDBACK_CHARS = 4000

@@ -1,0 +1,1 @@
+"""Benchmark suites and runs: baseline against ACE on the same tasks."""

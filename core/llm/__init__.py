@@ -1,0 +1,1 @@
+"""The model client: structured output, retries and the call log."""

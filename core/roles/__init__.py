@@ -1,0 +1,1 @@
+"""The LLM roles of an episode (Generator, Reflector, Curator, Reviewer, Optimizer) and their prompts."""
