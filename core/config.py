@@ -1,140 +1,230 @@
-"""Settings from the environment and an optional `.env` file.
+"""Settings from the environment and an optional `.env` file, in one place.
 
-Secrets (API keys, the service token) live only here, in memory: nothing in
-this module writes them anywhere, and `Settings.public()` is what the UI, the
-trace and logs may show.
+Every setting the project reads is a field of `Settings`, named after its
+environment variable, with its default and a one-line description; the
+README's settings table is generated from them (`python -m core.config`).
+Parsing is strict: a value that does not parse is an error naming the
+variable, never a silent default. An empty value means unset.
+
+Secrets (API keys, the service token) live only here, in memory, as
+`SecretStr`: nothing in this module writes them anywhere, repr() hides them,
+`Settings.secret()` is how the code that needs one gets it, and
+`Settings.public()` is what the UI, the trace and logs may show.
 """
 
-import os
-from dataclasses import dataclass, field, fields, replace
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Optional
 
-from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 
-SECRET_FIELDS = frozenset({"openai_api_key", "e2b_api_key", "service_token"})
+SecretName = Literal["openai_api_key", "e2b_api_key", "service_token"]
+SECRET_FIELDS: frozenset[str] = frozenset({"openai_api_key", "e2b_api_key", "service_token"})
+
+# Set while settings are built from one given mapping only (tests, `with_`), so neither
+# the real environment nor `.env` leaks in; a ContextVar keeps that per thread.
+_only_mapping: ContextVar[Optional[Mapping[str, Any]]] = ContextVar("ace_settings_mapping", default=None)
 
 
-def _bool(value: str | None, default: bool = False) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+class SettingsError(ValueError):
+    """A setting that does not parse; the message names the variable."""
 
 
-def _int(value: str | None, default: int) -> int:
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {value!r}") from None
+def _env(name: str, default: Any, description: str) -> Any:
+    return Field(default, validation_alias=name, description=description)
 
 
-def _float(value: str | None, default: float) -> float:
-    try:
-        return float(value) if value not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"expected a number, got {value!r}") from None
+class Settings(BaseSettings):
+    """Everything configurable, each field read from the environment variable in its alias."""
 
+    model_config = SettingsConfigDict(
+        env_file=PROJECT_ROOT / ".env",
+        case_sensitive=True,  # exact variable names, as os.environ has them
+        env_ignore_empty=True,  # an empty value means unset
+        extra="ignore",  # `.env` may hold variables for other tools
+        frozen=True,
+        protected_namespaces=(),
+    )
 
-@dataclass(frozen=True)
-class Settings:
-    openai_base_url: str | None = None
-    openai_api_key: str | None = field(default=None, repr=False)
-    model: str = "gpt-4o-mini"
-    embed_model: str | None = None
-    embedder: Literal["none", "endpoint", "local"] = "none"
-    db_url: str = f"sqlite:///{DATA_DIR / 'ace.db'}"
-    sandbox_backend: Literal["local", "e2b"] = "local"
-    e2b_api_key: str | None = field(default=None, repr=False)
-    allow_unisolated: bool = False
-    sandbox_timeout: float = 30.0
-    sandbox_memory_mb: int = 512
-    sandbox_forkserver: bool = True  # python runs fork from a warm server inside the sandbox
-    default_k: int = 20
-    prompt_token_budget: int = 4000
-    review_mode: Literal["auto", "manual"] = "auto"
-    dedup_threshold: float = 0.85
-    max_iterations: int = 3
-    llm_timeout: float = 120.0
-    llm_max_retries: int = 3
-    service_token: str | None = field(default=None, repr=False)
-    service_max_body_bytes: int = 1_000_000
-    worker_in_app: bool = True
-    service_cors_origins: str = ""  # comma-separated; empty: localhost and 127.0.0.1 on 3000 and 8080
-    rank_weights: str = ""  # e.g. "semantic=1,lexical=0.5,counters=0.2,provenance=0.3"; empty: defaults
-    query_expansion: bool = False  # ask the LLM for likely pitfalls to widen retrieval queries
-    semantic_dedup_threshold: float = 0.9  # cosine at which an ADD is a near-duplicate
-    price_input: float = 0.0  # USD per million prompt tokens, for benchmark cost per task
-    price_output: float = 0.0  # USD per million completion tokens
+    openai_base_url: Optional[str] = _env(
+        "OPENAI_BASE_URL", None, "base URL of an OpenAI-compatible endpoint (Ollama, vLLM, ...); unset: OpenAI")
+    openai_api_key: Optional[SecretStr] = _env(
+        "OPENAI_API_KEY", None, "API key of the model endpoint (any value for local servers)")
+    model: str = _env("ACE_MODEL", "gpt-4o-mini", "model the roles call")
+    embed_model: Optional[str] = _env(
+        "ACE_EMBED_MODEL", None, "embedding model; unset: `text-embedding-3-small` (endpoint) or the bundled "
+        "MiniLM (local); `all-mpnet-base-v2` for the larger local model, see below")
+    embedder: Literal["none", "endpoint", "local"] = _env(
+        "ACE_EMBEDDER", "none", "`none`, `endpoint` (the endpoint's `/v1/embeddings`) or `local`, the bundled MiniLM")
+    db_url: str = _env("ACE_DB_URL", f"sqlite:///{DATA_DIR / 'ace.db'}", "SQLAlchemy URL of the database")
+    sandbox_backend: Literal["local", "e2b"] = _env(
+        "ACE_SANDBOX", "local", "`local` runs code under bubblewrap here, `e2b` in E2B's cloud and needs `E2B_API_KEY`")
+    e2b_api_key: Optional[SecretStr] = _env("E2B_API_KEY", None, "API key for E2B's cloud sandbox")
+    allow_unisolated: bool = _env(
+        "ACE_ALLOW_UNISOLATED", False, "`1` allows running code with only rlimits where bubblewrap cannot run; "
+        "`0` refuses")
+    sandbox_timeout: float = _env("ACE_SANDBOX_TIMEOUT", 30.0, "wall clock per sandbox run, in seconds")
+    sandbox_memory_mb: int = _env("ACE_SANDBOX_MEMORY_MB", 512, "memory per sandbox run, in MB")
+    sandbox_forkserver: bool = _env(
+        "ACE_SANDBOX_FORKSERVER", True, "`0` runs a fresh bubblewrap per python run instead of forking from a "
+        "warm server")
+    default_k: int = _env("ACE_DEFAULT_K", 20, "bullets retrieved into a prompt")
+    prompt_token_budget: int = _env("ACE_PROMPT_TOKEN_BUDGET", 4000, "token budget of the bullets in a prompt")
+    review_mode: Literal["auto", "manual"] = _env(
+        "ACE_REVIEW_MODE", "auto", "`auto` applies deltas at once, `manual` waits for review")
+    dedup_threshold: float = _env(
+        "ACE_DEDUP_THRESHOLD", 0.85, "lexical similarity at which an ADD counts as a duplicate")
+    max_iterations: int = _env("ACE_MAX_ITERATIONS", 3, "attempts per episode before giving up")
+    llm_timeout: float = _env("ACE_LLM_TIMEOUT", 120.0, "seconds one model call may take")
+    llm_max_retries: int = _env(
+        "ACE_LLM_MAX_RETRIES", 3, "retries of a model call after a 429, a 5xx or a timeout")
+    service_token: Optional[SecretStr] = _env(
+        "ACE_SERVICE_TOKEN", None, "bearer token the HTTP service requires; unset: no token needed")
+    service_max_body_bytes: int = _env(
+        "ACE_SERVICE_MAX_BODY", 1_000_000, "largest request body the HTTP service accepts, in bytes; "
+        "playbook imports may be larger")
+    worker_in_app: bool = _env("ACE_WORKER_IN_APP", True, "run queued jobs in a thread of the app and the service")
+    service_cors_origins: str = _env(
+        "ACE_SERVICE_CORS_ORIGINS", "", "comma-separated origins the HTTP service allows; empty: localhost and "
+        "127.0.0.1 on 3000 and 8080")
+    rank_weights: str = _env(
+        "ACE_RANK_WEIGHTS", "", "retrieval weights, e.g. `semantic=1,lexical=0.5,counters=0.2,provenance=0.3`; "
+        "empty: defaults")
+    query_expansion: bool = _env(
+        "ACE_QUERY_EXPANSION", False, "`1` asks the model for likely pitfalls to widen retrieval queries")
+    semantic_dedup_threshold: float = _env(
+        "ACE_SEMANTIC_DEDUP_THRESHOLD", 0.9, "cosine at which an ADD counts as a duplicate when embeddings are on")
+    price_input: float = _env(
+        "ACE_PRICE_INPUT", 0.0, "USD per million prompt tokens, for benchmark cost per task")
+    price_output: float = _env(
+        "ACE_PRICE_OUTPUT", 0.0, "USD per million completion tokens, for benchmark cost per task")
+    job_stale_seconds: float = _env(
+        "ACE_JOB_STALE_SECONDS", 30.0, "seconds without a heartbeat after which a running job counts as "
+        "abandoned: requeued, or failed when out of attempts")
+    routing_file: Path = _env(
+        "ACE_ROUTING_FILE", DATA_DIR / "routing.json", "JSON routing rules, used when the file exists")
+    model_cache: Optional[Path] = _env(
+        "ACE_MODEL_CACHE", None, "where split local embedding models are unpacked; unset: "
+        "`~/.cache/ace-playground/models`, or under `XDG_CACHE_HOME`")
+
+    @field_validator("embedder", "sandbox_backend", "review_mode", mode="before")
+    @classmethod
+    def _choice(cls, value: Any) -> Any:
+        """Choices were always case-insensitive (`ACE_SANDBOX=E2B`)."""
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("allow_unisolated", "sandbox_forkserver", "worker_in_app", "query_expansion", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        """Surrounding spaces were always allowed in flags; anything else unknown is an error."""
+        return value.strip() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The real environment wins over `.env`; with a given mapping, only that mapping counts."""
+        only = _only_mapping.get()
+        if only is not None:
+            return init_settings, _MappingSource(settings_cls, only)
+        return init_settings, env_settings, dotenv_settings
 
     @property
     def llm_configured(self) -> bool:
-        return bool(self.openai_api_key or self.openai_base_url)
+        return self.openai_api_key is not None or bool(self.openai_base_url)
+
+    def secret(self, name: SecretName) -> Optional[str]:
+        """The plain value, for the one call that must send it (a client, a comparison)."""
+        value: Optional[SecretStr] = getattr(self, name)
+        return value.get_secret_value() if value is not None else None
 
     def public(self) -> dict[str, object]:
         """What may be shown: secrets replaced by whether they are set."""
         out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = ("set" if value else "not set") if f.name in SECRET_FIELDS else value
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                out[name] = "set" if value is not None else "not set"
+            else:
+                out[name] = str(value) if isinstance(value, Path) else value
         return out
 
     def with_(self, **changes: object) -> "Settings":
-        return replace(self, **changes)
+        """A copy with some fields changed, validated like the environment is."""
+        values = {env_var(name): value for name, value in {**dict(self), **changes}.items()}
+        with _reading(values):
+            return _build()
 
 
-def load_settings(env: dict[str, str] | None = None, env_file: Path | None = None) -> Settings:
-    """Read settings; the real environment wins over `.env`."""
-    merged: dict[str, str] = {}
-    path = env_file if env_file is not None else PROJECT_ROOT / ".env"
-    if env is None and path.is_file():
-        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    merged.update(os.environ if env is None else env)
-    g = merged.get
-    review = (g("ACE_REVIEW_MODE") or "auto").lower()
-    if review not in ("auto", "manual"):
-        raise ValueError(f"ACE_REVIEW_MODE must be auto or manual, got {review!r}")
-    backend = (g("ACE_SANDBOX") or "local").lower()
-    if backend not in ("local", "e2b"):
-        raise ValueError(f"ACE_SANDBOX must be local or e2b, got {backend!r}")
-    embedder = (g("ACE_EMBEDDER") or "none").lower()
-    if embedder not in ("none", "endpoint", "local"):
-        raise ValueError(f"ACE_EMBEDDER must be none, endpoint or local, got {embedder!r}")
-    return Settings(
-        openai_base_url=g("OPENAI_BASE_URL") or None,
-        openai_api_key=g("OPENAI_API_KEY") or None,
-        model=g("ACE_MODEL") or "gpt-4o-mini",
-        embed_model=g("ACE_EMBED_MODEL") or None,
-        embedder=embedder,  # type: ignore[arg-type]
-        db_url=g("ACE_DB_URL") or f"sqlite:///{DATA_DIR / 'ace.db'}",
-        sandbox_backend=backend,  # type: ignore[arg-type]
-        e2b_api_key=g("E2B_API_KEY") or None,
-        allow_unisolated=_bool(g("ACE_ALLOW_UNISOLATED")),
-        sandbox_timeout=_float(g("ACE_SANDBOX_TIMEOUT"), 30.0),
-        sandbox_memory_mb=_int(g("ACE_SANDBOX_MEMORY_MB"), 512),
-        sandbox_forkserver=_bool(g("ACE_SANDBOX_FORKSERVER"), True),
-        default_k=_int(g("ACE_DEFAULT_K"), 20),
-        prompt_token_budget=_int(g("ACE_PROMPT_TOKEN_BUDGET"), 4000),
-        review_mode=review,  # type: ignore[arg-type]
-        dedup_threshold=_float(g("ACE_DEDUP_THRESHOLD"), 0.85),
-        max_iterations=_int(g("ACE_MAX_ITERATIONS"), 3),
-        llm_timeout=_float(g("ACE_LLM_TIMEOUT"), 120.0),
-        llm_max_retries=_int(g("ACE_LLM_MAX_RETRIES"), 3),
-        service_token=g("ACE_SERVICE_TOKEN") or None,
-        service_max_body_bytes=_int(g("ACE_SERVICE_MAX_BODY"), 1_000_000),
-        worker_in_app=_bool(g("ACE_WORKER_IN_APP"), True),
-        service_cors_origins=g("ACE_SERVICE_CORS_ORIGINS") or "",
-        rank_weights=g("ACE_RANK_WEIGHTS") or "",
-        query_expansion=_bool(g("ACE_QUERY_EXPANSION")),
-        semantic_dedup_threshold=_float(g("ACE_SEMANTIC_DEDUP_THRESHOLD"), 0.9),
-        price_input=_float(g("ACE_PRICE_INPUT"), 0.0),
-        price_output=_float(g("ACE_PRICE_OUTPUT"), 0.0),
-    )
+class _MappingSource(PydanticBaseSettingsSource):
+    """Reads one given mapping of variable names, the way the environment is read."""
+
+    def __init__(self, settings_cls: type[BaseSettings], mapping: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.mapping = mapping
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        name = str(field.validation_alias)
+        return self.mapping.get(name), name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, name, _ = self.get_field_value(field, field_name)
+            if value is not None and value != "":
+                out[name] = value
+        return out
 
 
-_cached: Settings | None = None
+@contextmanager
+def _reading(mapping: Mapping[str, Any]) -> Iterator[None]:
+    token = _only_mapping.set(mapping)
+    try:
+        yield
+    finally:
+        _only_mapping.reset(token)
+
+
+def env_var(field_name: str) -> str:
+    """The environment variable a setting is read from."""
+    return str(Settings.model_fields[field_name].validation_alias)
+
+
+def _build(env_file: Optional[Path] = None) -> Settings:
+    try:
+        return Settings(_env_file=env_file) if env_file is not None else Settings()
+    except ValidationError as exc:
+        secrets = SECRET_FIELDS | {env_var(name) for name in SECRET_FIELDS}
+        problems = []
+        for err in exc.errors(include_url=False):
+            name = ".".join(str(part) for part in err["loc"])
+            shown = "" if name in secrets else f" (got {err['input']!r})"
+            problems.append(f"{name}: {err['msg']}{shown}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def load_settings(env: Optional[Mapping[str, str]] = None, env_file: Optional[Path] = None) -> Settings:
+    """Read settings; the real environment wins over `.env`. Given `env`, only that mapping is read."""
+    if env is not None:
+        with _reading(env):
+            return _build()
+    return _build(env_file)
+
+
+_cached: Optional[Settings] = None
 
 
 def get_settings() -> Settings:
@@ -148,3 +238,28 @@ def reset_settings() -> None:
     """Forget cached settings (tests change the environment)."""
     global _cached
     _cached = None
+
+
+def _shown_default(name: str, field: FieldInfo) -> str:
+    value = field.default
+    if name in SECRET_FIELDS or value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        text = "1" if value else "0"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value).replace(f"{PROJECT_ROOT}/", "")  # machine paths shown relative to the project
+    return f" (`{text}`)"
+
+
+def settings_table() -> str:
+    """The README's settings table, so the documentation cannot drift from the code."""
+    rows = ["| setting | meaning (default) |", "| --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{env_var(name)}` | {field.description}{_shown_default(name, field)} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(settings_table())

@@ -122,7 +122,7 @@ class LLMClient:
         self.log_calls = log_calls
         if not self.settings.llm_configured:
             raise LLMNotConfigured()
-        self._client = _openai_client(self.settings.openai_base_url, self.settings.openai_api_key,
+        self._client = _openai_client(self.settings.openai_base_url, self.settings.secret("openai_api_key"),
                                       self.settings.llm_timeout)
         self._key = (self.settings.openai_base_url or "openai", self.settings.model)
 
@@ -185,7 +185,8 @@ class LLMClient:
                 self._append(call_ids, self._log(role, episode_id, sent, None, (0, 0), ms, mode, _describe(exc)))
                 attempt += 1
                 if attempt > self.settings.llm_max_retries:
-                    raise LLMError(f"{role}: the model server failed {attempt} times; last error: {_describe(exc)}") from None
+                    raise LLMError(f"{role}: the model server failed {attempt} times; "
+                                   f"last error: {_describe(exc)}") from None
                 time.sleep(min(self.backoff_base * 2 ** (attempt - 1), 20.0))
                 continue
             except openai.APIStatusError as exc:
@@ -221,7 +222,7 @@ class LLMClient:
         total = [0, 0, 0.0]
         convo = list(messages)
         last_error = ""
-        for round_ in range(2):
+        for _round in range(2):
             raw, usage, ms, mode = self._call(role, episode_id, convo, schema, call_ids)
             total[0] += usage[0]
             total[1] += usage[1]

@@ -7,13 +7,12 @@ ACE_ROUTING_FILE): `[{"environment": "ml", "languages": ["python"],
 """
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.config import DATA_DIR
+from core.config import get_settings
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Route:
 
 
 def load_rules(path: Optional[Path] = None) -> tuple[Rule, ...]:
-    path = path or Path(os.environ.get("ACE_ROUTING_FILE") or DATA_DIR / "routing.json")
+    path = path or get_settings().routing_file
     if not path.is_file():
         return DEFAULT_RULES
     try:

@@ -68,7 +68,7 @@ class EndpointEmbedder:
         self.model = settings.embed_model or DEFAULT_ENDPOINT_MODEL
         self.name = f"endpoint:{self.model}"
         self._client = openai.OpenAI(base_url=settings.openai_base_url or None,
-                                     api_key=settings.openai_api_key or "not-needed-for-local-servers",
+                                     api_key=settings.secret("openai_api_key") or "not-needed-for-local-servers",
                                      timeout=min(settings.llm_timeout, 60.0), max_retries=1)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -129,9 +129,11 @@ def split_model_available(name: str = "all-mpnet-base-v2") -> bool:
 
 
 def _model_cache() -> str:
-    base = os.environ.get("ACE_MODEL_CACHE") or os.path.join(
+    configured = get_settings().model_cache
+    if configured is not None:
+        return str(configured)
+    return os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ace-playground", "models")
-    return base
 
 
 def split_model_dir(name: str) -> str:

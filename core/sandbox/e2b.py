@@ -30,7 +30,7 @@ class E2bSandbox:
         if self._sbx is None:
             from e2b_code_interpreter import Sandbox as SdkSandbox
 
-            key = self.settings.e2b_api_key or ("debug" if self.debug else None)
+            key = self.settings.secret("e2b_api_key") or ("debug" if self.debug else None)
             self._sbx = SdkSandbox.create(api_key=key, debug=self.debug, **self.create_opts)
         return self._sbx
 
