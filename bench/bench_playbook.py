@@ -11,6 +11,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["ACE_DB_URL"] = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
 os.environ.setdefault("ACE_EMBEDDER", "none")
 
-from core.playbook import deltas as P  # noqa: E402
+from core import playbook as P  # noqa: E402
 from core.playbook import portability  # noqa: E402
 
 WORDS = ("cache retry parse json regex pandas index sort merge async await timeout encode utf8 path file csv numpy "
@@ -27,7 +28,7 @@ WORDS = ("cache retry parse json regex pandas index sort merge async await timeo
 N = 10_000
 
 
-def timed(fn, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
     out = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -53,7 +54,7 @@ if __name__ == "__main__":
     print(f"imported {N:,} bullets in {time.perf_counter() - t0:.1f} s\n")
     queries = [" ".join(rnd.choices(WORDS, k=12)) for _ in range(200)]
     qi = iter(queries * 10)
-    from core.retrieval import search as retrieval
+    from core import retrieval
 
     t0 = time.perf_counter()
     retrieval.warm("bench")  # built once per playbook version, in memory

@@ -23,8 +23,9 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -35,10 +36,9 @@ sys.path.insert(0, str(ROOT))
 def _setup_db(path: Path) -> None:
     os.environ["ACE_DB_URL"] = f"sqlite:///{path}"
     os.environ["ACE_EMBEDDER"] = "none"
-    from core import config
-    from core.storage import db
+    from core import config, retrieval
     from core.retrieval import embeddings
-    from core.retrieval import search as retrieval
+    from core.storage import db
 
     config.reset_settings()
     db.dispose_engines()
@@ -52,7 +52,7 @@ def load_pairs(path: Path) -> list[dict[str, str]]:
 
 def build_playbook(pairs: list[dict[str, str]], playbook_id: str = "bench") -> dict[str, str]:
     """One playbook holding every bullet; returns pair id -> bullet id."""
-    from core.playbook import deltas as P
+    from core import playbook as P
 
     P.get_or_create_playbook(playbook_id, environment="python")
     res = P.apply_delta(playbook_id, [{"type": "ADD", "section": p["section"], "content": p["bullet"]} for p in pairs])
@@ -64,10 +64,10 @@ def build_playbook(pairs: list[dict[str, str]], playbook_id: str = "bench") -> d
 class FixedEmbedder:
     """Wraps a real embedder under a fixed name (lets the bench choose it without settings)."""
 
-    def __init__(self, inner, name: Optional[str] = None):  # type: ignore[no-untyped-def]
+    def __init__(self, inner: Any, name: Optional[str] = None) -> None:
         self.inner, self.name = inner, name or inner.name
 
-    def embed(self, texts):  # type: ignore[no-untyped-def]
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed(texts)
 
 
@@ -99,10 +99,10 @@ def recall(pairs: list[dict[str, str]], ids: dict[str, str], rank: Callable[[str
 
 
 def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
-    from core.playbook import deltas as P
-    from core.retrieval.embeddings import SPLIT_MODELS, LocalEmbedder, local_available, reembed, split_model_available
+    from core import playbook as P
     from core.config import get_settings
-    from core.retrieval.search import RankWeights, search
+    from core.retrieval import RankWeights, search
+    from core.retrieval.embeddings import SPLIT_MODELS, LocalEmbedder, local_available, reembed, split_model_available
 
     pairs = load_pairs(pairs_path)
     ids = build_playbook(pairs)
@@ -117,7 +117,8 @@ def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
     show("first-k (reference ACE service)", recall(pairs, ids, lambda q, k: order[:k]))
     lex_only = RankWeights(lexical=1.0, counters=0.0, semantic=0.0, provenance=0.0)
 
-    def ranker(w: RankWeights, emb=None, expand: bool = False, synonyms: bool = True):  # type: ignore[no-untyped-def]
+    def ranker(w: RankWeights, emb: Any = None, expand: bool = False,
+               synonyms: bool = True) -> Callable[[str, int], list[str]]:
         return lambda q, k: [r.bullet.id for r in search("bench", q, k, w, embedder=emb, expand=expand,
                                                           synonyms=synonyms)]
 
@@ -133,7 +134,8 @@ def recall_section(pairs_path: Path, out: Callable[[str], None]) -> None:
         out(f"({label} loaded in {load_s:.1f} s; embedded {n} bullets in {time.perf_counter() - t0:.1f} s)")
         sem_only = RankWeights(lexical=0.0, counters=0.0, semantic=1.0, provenance=0.0)
         show(f"embeddings alone ({emb.name})", recall(pairs, ids, ranker(sem_only, emb)))
-        show(f"hybrid ({model or 'default model'}, default RankWeights)", recall(pairs, ids, ranker(RankWeights(), emb)))
+        show(f"hybrid ({model or 'default model'}, default RankWeights)",
+             recall(pairs, ids, ranker(RankWeights(), emb)))
         return emb
 
     if not local_available():
@@ -176,7 +178,9 @@ def _synthetic(n: int, dims: int, seed: int, vocab: list[str]) -> tuple[list[tup
     weights /= weights.sum()
     lengths = nrng.integers(10, 26, n)
     draws = nrng.choice(len(vocab), size=int(lengths.sum()), p=weights)
-    rows, vecs, at = [], [], 0
+    rows: list[tuple[str, str]] = []
+    vecs: list[bytes] = []
+    at = 0
     for i, ln in enumerate(lengths):
         rows.append((f"s-{i:06d}", " ".join(vocab[j] for j in draws[at:at + ln])))
         at += ln
@@ -191,7 +195,7 @@ def build_synthetic(playbook_id: str, n: int, model: str, dims: int, vocab: list
     """Bulk-load n bullets and their stored vectors straight into SQLite (the bench's own shortcut)."""
     from sqlalchemy import text
 
-    from core.playbook import deltas as P
+    from core import playbook as P
     from core.storage.db import write_session
     from core.storage.models import utcnow
 
@@ -209,7 +213,8 @@ def build_synthetic(playbook_id: str, n: int, model: str, dims: int, vocab: list
         conn.execute(text("INSERT INTO bulletembedding (bullet_pk, playbook_id, model, dims, content_hash, vector, "
                           "created_at) VALUES (:b, :p, :m, :d, 'synthetic', :v, :t)"),
                      [{"b": pk, "p": playbook_id, "m": model, "d": dims, "v": v, "t": now} for pk, v in zip(pks, vecs)])
-        conn.execute(text("UPDATE playbook SET current_version = current_version + 1 WHERE id = :p"), {"p": playbook_id})
+        conn.execute(text("UPDATE playbook SET current_version = current_version + 1 WHERE id = :p"),
+                     {"p": playbook_id})
     return time.perf_counter() - t0
 
 
@@ -220,8 +225,8 @@ def _pct(xs: list[float], p: float) -> float:
 
 def latency_section(sizes: list[int], pairs_path: Path, out: Callable[[str], None], k: int = 20) -> None:
     from core.config import get_settings
+    from core.retrieval import RankWeights, search, warm
     from core.retrieval.embeddings import LocalEmbedder, embed_query, local_available
-    from core.retrieval.search import RankWeights, search, warm
 
     queries = [p["task"] for p in load_pairs(pairs_path)]
     vocab = _vocabulary(pairs_path)
@@ -239,7 +244,7 @@ def latency_section(sizes: list[int], pairs_path: Path, out: Callable[[str], Non
         class _Rand:
             name = "synthetic:random-384"
 
-            def embed(self, texts):  # type: ignore[no-untyped-def]
+            def embed(self, texts: Sequence[str]) -> np.ndarray:
                 rng = np.random.default_rng(abs(hash(tuple(texts))) % 2**32)
                 m = rng.standard_normal((len(texts), 384)).astype(np.float32)
                 return m / np.linalg.norm(m, axis=1, keepdims=True)
@@ -256,7 +261,7 @@ def latency_section(sizes: list[int], pairs_path: Path, out: Callable[[str], Non
         pid = f"lat{n}"
         load = build_synthetic(pid, n, emb.name, dims, vocab)  # type: ignore[union-attr]
         t0 = time.perf_counter()
-        search(pid, queries[0], k, weights, embedder=emb)  # type: ignore[arg-type]
+        search(pid, queries[0], k, weights, embedder=emb)
         first = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
         warm(pid)  # a large playbook's BM25 index builds in the background; FTS5 answers until it is ready
@@ -266,7 +271,7 @@ def latency_section(sizes: list[int], pairs_path: Path, out: Callable[[str], Non
             for _ in range(3):
                 for q in queries:
                     t0 = time.perf_counter()
-                    res = search(pid, q, k, w, embedder=e)  # type: ignore[arg-type]
+                    res = search(pid, q, k, w, embedder=e)
                     times.append((time.perf_counter() - t0) * 1000)
                     assert len(res) == k
             out(f"{n:>8} {label:<26} {_pct(times, 50):>8.2f} {_pct(times, 99):>8.2f}")

@@ -4,17 +4,20 @@
 import pytest
 
 from core import config
-from core.retrieval import search as R
-from core.playbook import deltas as P
+from core import playbook as P
+from core import retrieval as R
+from core.retrieval import RankWeights, bm25
+from core.retrieval import lexical as lex  # the `lexical` fixture names a playbook
 from core.storage.db import write_session
 from core.storage.models import Episode
-from core.retrieval.search import RankWeights
 from tests.fake_llm import Status
 
 BULLETS = [
-    {"type": "ADD", "section": "pitfalls", "content": "Guard against empty sequences before calling max or dividing by len"},
+    {"type": "ADD", "section": "pitfalls",
+     "content": "Guard against empty sequences before calling max or dividing by len"},
     {"type": "ADD", "section": "snippets", "content": "Read CSV files with csv.DictReader for named columns"},
-    {"type": "ADD", "section": "strategies", "content": "Use asyncio.gather to run independent coroutines concurrently"},
+    {"type": "ADD", "section": "strategies",
+     "content": "Use asyncio.gather to run independent coroutines concurrently"},
     {"type": "ADD", "section": "pitfalls", "content": "Compare floats with math.isclose instead of =="},
 ]
 
@@ -152,7 +155,8 @@ def test_semantic_near_duplicate_add_becomes_a_tag(hybrid: str) -> None:
 def test_semantic_dedup_threshold_is_a_setting(hybrid: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ACE_SEMANTIC_DEDUP_THRESHOLD", "1.01")
     config.reset_settings()
-    r = P.apply_delta(hybrid, [{"type": "ADD", "content": "concurrently_run independent_coroutines to_gather asyncio_use"}])
+    r = P.apply_delta(hybrid, [{"type": "ADD",
+                                "content": "concurrently_run independent_coroutines to_gather asyncio_use"}])
     assert r.results[0].type == "ADD"
 
 
@@ -205,9 +209,9 @@ def test_results_are_detached_bullets_with_every_field(lexical: str) -> None:
 
 def test_large_cold_playbook_answers_through_fts5_while_the_index_builds(lexical: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(R, "COLD_BUILD_ROWS", 2)
+    monkeypatch.setattr(lex, "COLD_BUILD_ROWS", 2)
     built = []
-    monkeypatch.setattr(R, "_build_in_background", lambda url, pid: built.append(pid))
+    monkeypatch.setattr(lex, "_build_in_background", lambda url, pid: built.append(pid))
     hits = P.retrieve(lexical, "read the csv columns", 2)
     assert built == ["demo"] and ids(hits)[0] == "b-00002"  # the FTS5 path answered
     R.warm("demo")
@@ -230,14 +234,14 @@ def test_concurrent_first_queries_build_the_index_once(db_url: str, monkeypatch:
     P.apply_delta("race", [{"type": "ADD", "content": f"strategy number {i} about parsing dates"} for i in range(50)])
     R.clear_cache()
     builds = []
-    real_build = R._LexIndex.build
+    real_build = bm25.BM25Index.build
 
     def slow_build(self, rows, version):  # type: ignore[no-untyped-def]
         builds.append(version)
         time.sleep(0.2)  # long enough for every thread to arrive while it runs
         real_build(self, rows, version)
 
-    monkeypatch.setattr(R._LexIndex, "build", slow_build)
+    monkeypatch.setattr(bm25.BM25Index, "build", slow_build)
     threads = [threading.Thread(target=R.warm, args=("race",))] + [
         threading.Thread(target=P.retrieve, args=("race", "parse a date", 5)) for _ in range(3)]
     for t in threads:
@@ -254,7 +258,7 @@ def test_a_write_moves_this_process_index_forward_without_rescanning(db_url: str
     10,000 bullets: ~40 ms) is only for changes made by other processes."""
     P.apply_delta("fwd", [{"type": "ADD", "content": f"note {i} about csv quoting"} for i in range(20)])
     P.retrieve("fwd", "csv quoting", 5)  # index at the current version
-    monkeypatch.setattr(R, "_refresh", lambda *a, **k: pytest.fail("rescanned the playbook after its own write"))
+    monkeypatch.setattr(lex, "_refresh", lambda *a, **k: pytest.fail("rescanned the playbook after its own write"))
     P.apply_delta("fwd", [{"type": "UPDATE", "bullet_id": "b-00003", "content": "escape embedded quotes when "
                                                                                "writing csv by hand"},
                           {"type": "ADD", "content": "parse timestamps with zone offsets via datetime.fromisoformat"},

@@ -7,11 +7,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from core.playbook import deltas as P
-from core.retrieval import search as R
+from core import playbook as P
+from core import retrieval as R
+from core.retrieval import bm25, lexical
+from core.service.app import create_app
 from core.storage.db import read_session, write_session
 from core.storage.models import Bullet, Episode
-from core.service.app import create_app
 
 VOCAB = ("parse cache retry index buffer stream socket thread lock queue vector matrix sort filter csv json "
          "float round empty list dict average mean crash error timeout regex unicode encode decode").split()
@@ -70,8 +71,8 @@ def test_a_ranking_the_cache_made_is_not_scored_again(playbook: str, monkeypatch
     R.clear_cache()
     P.retrieve(playbook, "zzz qqq", 1)  # builds the index, caches one bullet
     calls = []
-    real = R._LexIndex.score
-    monkeypatch.setattr(R._LexIndex, "score", lambda self, *a: calls.append(a) or real(self, *a))
+    real = bm25.BM25Index.score
+    monkeypatch.setattr(bm25.BM25Index, "score", lambda self, *a: calls.append(a) or real(self, *a))
     for q in QUERIES:
         calls.clear()
         assert flat(P.retrieve(playbook, q, 20)) == expected[q], q
@@ -136,7 +137,7 @@ def test_cached_path_never_waits_for_a_busy_index(db_url: str) -> None:
 
     P.apply_delta("busy", [{"type": "ADD", "content": f"{w} strategy"} for w in VOCAB])
     P.retrieve("busy", "sort csv", 5)
-    idx = R._lex[(str(get_engine().url), "busy")]
+    idx = lexical._lex[(str(get_engine().url), "busy")]
     with idx.lock:  # as a refresh in another thread would
         t0 = time.perf_counter()
         with pytest.raises(R.NotCached), R.cached_only():
