@@ -9,6 +9,8 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from core.errors import Conflict, Invalid
+
 OpType = Literal["ADD", "UPDATE", "TAG", "REMOVE", "MERGE"]
 Tag = Literal["helpful", "harmful", "neutral"]
 OP_TYPES: tuple[str, ...] = ("ADD", "UPDATE", "TAG", "REMOVE", "MERGE")
@@ -18,8 +20,22 @@ MAX_SECTION_CHARS = 64
 DEFAULT_SECTION = "strategies"
 
 
-class DeltaError(ValueError):
-    """A delta that cannot be applied; the playbook was left unchanged."""
+class DeltaError(Invalid):
+    """A delta that cannot be applied; the playbook was left unchanged. Invalid, so still a ValueError."""
+
+
+class BulletMissing(DeltaError):
+    """An op names a bullet that does not exist or was removed.
+
+    Invalid as part of a delta (422); a route that names the bullet in its URL turns it into NotFound.
+    """
+
+
+class DeltaConflict(Conflict, DeltaError):
+    """The op was fine when proposed but the playbook moved on: already decided, or its bullet changed since.
+
+    Conflict comes first in the bases, so the service answers 409; `except DeltaError` still catches it.
+    """
 
 
 def normalize_section(section: Optional[str]) -> str:

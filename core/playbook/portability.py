@@ -13,15 +13,17 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sqlmodel import select
+from sqlmodel import col, select
 
+from core.playbook.applier import Applier
+from core.playbook.lines import bullet_line, parse_line
+from core.playbook.ops import DeltaError, check_content, normalize_section
+from core.playbook.store import ensure_playbook
 from core.storage.db import read_session, write_session
 from core.storage.models import Bullet, Delta, Playbook, utcnow
-from core.playbook.ops import DeltaError, check_content, normalize_section
 
 FORMAT_TAG = "ace-playground/1"
 MAX_IMPORT_BYTES = 50_000_000
-_LINE = re.compile(r"^\s*[-*]?\s*\[([A-Za-z0-9_.-]+)\]\s+helpful=(\d+)\s+harmful=(\d+)(?:\s+neutral=(\d+))?\s*::\s*(.*)$")
 
 
 @dataclass
@@ -45,7 +47,7 @@ def export_json(playbook_id: str) -> str:
         pb = s.get(Playbook, playbook_id)
         if pb is None:
             raise KeyError(f"playbook {playbook_id!r} does not exist")
-        bullets = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id).order_by(Bullet.pk)).all()
+        bullets = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id).order_by(col(Bullet.pk))).all()
     doc = {
         "format": FORMAT_TAG,
         "playbook": {"id": pb.id, "name": pb.name, "description": pb.description,
@@ -67,14 +69,14 @@ def export_markdown(playbook_id: str) -> str:
         if pb is None:
             raise KeyError(f"playbook {playbook_id!r} does not exist")
         bullets = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.status == "active")
-                         .order_by(Bullet.pk)).all()
+                         .order_by(col(Bullet.pk))).all()
     by_section: dict[str, list[Bullet]] = {}
     for b in bullets:
         by_section.setdefault(b.section, []).append(b)
     out = [f"# {pb.name}", "", f"Playbook `{pb.id}`, version {pb.current_version}, {len(bullets)} bullets.", ""]
     for section, items in by_section.items():
         out.append(f"## {section}")
-        out.extend(f"[{b.id}] helpful={b.helpful} harmful={b.harmful} :: {b.content}" for b in items)
+        out.extend(bullet_line(b) for b in items)
         out.append("")
     return "\n".join(out)
 
@@ -118,7 +120,8 @@ def parse_kayba(doc: dict[str, Any]) -> list[ImportedBullet]:
         active = e.get("active", True) and e.get("status", "active") == "active"
         out.append(ImportedBullet(
             id=str(e.get("id") or key), section=normalize_section(e.get("section")), content=_skill_content(e),
-            helpful=_int(e.get("helpful_count", e.get("helpful"))), harmful=_int(e.get("harmful_count", e.get("harmful"))),
+            helpful=_int(e.get("helpful_count", e.get("helpful"))),
+            harmful=_int(e.get("harmful_count", e.get("harmful"))),
             neutral=_int(e.get("neutral_count", e.get("neutral"))), status="active" if active else "removed"))
     return out
 
@@ -149,10 +152,10 @@ def parse_text(text: str) -> list[ImportedBullet]:
         if line.startswith("## "):
             section = normalize_section(line[3:])
             continue
-        m = _LINE.match(line)
-        if m:
-            out.append(ImportedBullet(id=m.group(1), section=section, content=m.group(5),
-                                      helpful=int(m.group(2)), harmful=int(m.group(3)), neutral=_int(m.group(4))))
+        parsed = parse_line(line)
+        if parsed is not None:
+            out.append(ImportedBullet(id=parsed.bullet_id, section=section, content=parsed.content,
+                                      helpful=parsed.helpful, harmful=parsed.harmful, neutral=parsed.neutral or 0))
         elif line.strip().startswith("[") and "::" in line:
             raise DeltaError(f"line {n} looks like a bullet but does not parse: {line[:80]!r}")
     if not out:
@@ -187,8 +190,6 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
     Returns (bullets imported, new version). With `replace`, the playbook's
     current bullets are removed first, in the same version.
     """
-    from core.playbook.deltas import _Applier, _ensure_playbook
-
     fmt, items, meta = parse(data)
     for i, it in enumerate(items):
         try:
@@ -196,15 +197,15 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
         except ValueError as exc:
             raise DeltaError(f"bullet {i + 1} ({it.id or 'no id'}): {exc}") from None
     with write_session() as s:
-        pb = _ensure_playbook(s, playbook_id, meta.get("name"), meta.get("environment"), meta.get("description") or "")
+        pb = ensure_playbook(s, playbook_id, meta.get("name"), meta.get("environment"), meta.get("description") or "")
         delta = Delta(playbook_id=pb.id, reasoning=f"import ({fmt}, {len(items)} bullets)", source="import",
                       status="applied", base_version=pb.current_version, decided_at=utcnow())
         s.add(delta)
         s.flush()
-        ap = _Applier(s, pb, None, delta.id)
+        ap = Applier(s, pb, None, delta.id)
         if replace:
             for b in s.exec(select(Bullet).where(Bullet.playbook_id == pb.id, Bullet.status == "active")):
-                ap._touch(b)
+                ap.touch(b)
                 b.status = "removed"
                 ap.count_change -= 1
                 ap.mark(b)
@@ -212,7 +213,7 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
         _bump_seq(pb, taken | {it.id for it in items if it.id})  # generated ids start past every id the file names
         for it in items:
             bid = it.id if it.id and it.id not in taken and re.match(r"^[A-Za-z0-9_.-]{1,64}$", it.id) else None
-            b = ap._new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid, check_id=False)
+            b = ap.new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid, check_id=False)
             taken.add(b.id)
             b.source_episode_id = it.source_episode_id
             if it.status == "removed":

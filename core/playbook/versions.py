@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from sqlalchemy import and_, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from core.playbook.applier import Applier
+from core.playbook.ops import DeltaError
+from core.playbook.store import ensure_playbook
 from core.storage.db import read_session, write_session
 from core.storage.models import Bullet, BulletRevision, Delta, PlaybookVersion, utcnow
-from core.playbook.ops import DeltaError
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,9 @@ def list_versions(playbook_id: str) -> list[PlaybookVersion]:
 def _state_at(s: Session, playbook_id: str, number: int) -> dict[int, BulletState]:
     latest = (select(BulletRevision.bullet_pk, func.max(BulletRevision.version).label("v"))
               .where(BulletRevision.playbook_id == playbook_id, BulletRevision.version <= number)
-              .group_by(BulletRevision.bullet_pk).subquery())
-    stmt = select(BulletRevision).join(latest, and_(BulletRevision.bullet_pk == latest.c.bullet_pk,
-                                                    BulletRevision.version == latest.c.v))
+              .group_by(col(BulletRevision.bullet_pk)).subquery())
+    stmt = select(BulletRevision).join(latest, and_(col(BulletRevision.bullet_pk) == latest.c.bullet_pk,
+                                                    col(BulletRevision.version) == latest.c.v))
     return {r.bullet_pk: BulletState(r.bullet_id, r.section, r.content, r.helpful, r.harmful, r.neutral, r.status)
             for r in s.exec(stmt)}
 
@@ -82,10 +84,9 @@ def diff_versions(playbook_id: str, a: int, b: int) -> VersionDiff:
 
 def restore_version(playbook_id: str, number: int, actor: str = "user") -> int:
     """Make the playbook look as it did at `number`, as a new version."""
-    from core.playbook.deltas import _Applier, _ensure_playbook  # one applier writes versions
 
     with write_session() as s:
-        pb = _ensure_playbook(s, playbook_id)
+        pb = ensure_playbook(s, playbook_id)
         if number < 0 or number > pb.current_version:
             raise DeltaError(f"playbook {playbook_id!r} has no version {number} (latest is {pb.current_version})")
         target = _state_at(s, playbook_id, number)
@@ -93,7 +94,7 @@ def restore_version(playbook_id: str, number: int, actor: str = "user") -> int:
                       status="applied", base_version=pb.current_version, decided_at=utcnow())
         s.add(delta)
         s.flush()
-        ap = _Applier(s, pb, None, delta.id)
+        ap = Applier(s, pb, None, delta.id)
         bullets = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id)).all()
         changed = 0
         for b in bullets:
@@ -102,7 +103,7 @@ def restore_version(playbook_id: str, number: int, actor: str = "user") -> int:
                 else (b.section, b.content, b.helpful, b.harmful, b.neutral, "removed")
             if (b.section, b.content, b.helpful, b.harmful, b.neutral, b.status) == state:
                 continue
-            ap._touch(b)
+            ap.touch(b)
             was_active = b.status == "active"
             b.section, b.content, b.helpful, b.harmful, b.neutral, b.status = state
             if b.status == "active":

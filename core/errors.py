@@ -1,0 +1,21 @@
+"""Errors whose kind other code acts on: the service maps each kind to one status code.
+
+Raise these (or a subclass) where a caller's request cannot be met; anything else
+that escapes is a bug and answers 500.
+"""
+
+
+class AceError(Exception):
+    """An error the product raises on purpose, with a message fit to show a user."""
+
+
+class NotFound(AceError, LookupError):
+    """What was asked for does not exist (HTTP 404)."""
+
+
+class Conflict(AceError):
+    """The request is valid but clashes with the current state, e.g. a job that is still running (HTTP 409)."""
+
+
+class Invalid(AceError, ValueError):
+    """The request itself is wrong: a bad id, empty content, an unknown op type (HTTP 422)."""
