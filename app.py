@@ -5,14 +5,14 @@ The folder is not called pages/: Streamlit would then run a page on its own
 
 import streamlit as st
 
-from core.jobs import queue as jobs
+from core import worker
 from core.config import get_settings
 from ui.components import sidebar_status
 
 st.set_page_config(page_title="ACE Playground", page_icon="🧠", layout="wide")
 
 if get_settings().worker_in_app:
-    jobs.ensure_background_worker()  # queued episodes run even with the browser closed
+    worker.start_in_background()  # queued episodes run even with the browser closed
 
 pages = [
     st.Page("app_pages/playground.py", title="Playground", icon="🧪", default=True),

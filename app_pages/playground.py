@@ -4,11 +4,9 @@ import streamlit as st
 from pydantic import ValidationError
 from streamlit_ace import st_ace
 
-from core import views
-from core.jobs import queue as jobs
-from core.episodes import loop
-from core.episodes import samples
+from core import loop, views, worker
 from core.config import get_settings
+from core.episodes import samples
 from ui.components import friendly_errors, live_trace, llm_missing_message, query_param
 
 AUTO = "(automatic routing)"
@@ -96,14 +94,15 @@ if run:
         if sandbox_only and not (code or "").strip():
             st.error("Write some code to run first.")
             st.stop()
-        episode_id, _ = loop.submit_episode(spec)
+        new_episode_id, _ = loop.submit_episode(spec)
         if settings.worker_in_app:
-            jobs.ensure_background_worker()
-        st.query_params["episode"] = episode_id
+            worker.start_in_background()
+        st.query_params["episode"] = new_episode_id
 
 episode_id = query_param("episode")
 if episode_id:
     st.divider()
-    st.page_link("app_pages/trace.py", label="Open in the trace viewer", icon="🔎", query_params={"episode": episode_id})
+    st.page_link("app_pages/trace.py", label="Open in the trace viewer", icon="🔎",
+                 query_params={"episode": episode_id})
     with friendly_errors("show the trace"):
         live_trace(episode_id)

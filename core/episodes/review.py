@@ -13,21 +13,36 @@ Reached through `core.episodes.loop.run_episode` with `TaskSpec(workflow="review
 """
 
 import time
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from core.jobs import queue as jobs
 from core.config import Settings, get_settings
+from core.episodes.events import EventSink
+from core.episodes.learning import reflect_and_curate
+from core.episodes.outcome import Progress, recorded_ending
+from core.episodes.spec import EpisodeResult, Roles, TaskSpec
+from core.episodes.store import check_cancel, create_episode, learned_delta, load_episode, update_episode
+from core.episodes.trace import OutputStream, Trace, record_run
+from core.llm.client import LLMClient, LLMResult
+from core.playbook import ensure_playbook, render, retrieve
+from core.roles.llm_roles import (
+    Attempt,
+    LLMCurator,
+    LLMGenerator,
+    LLMOptimizer,
+    LLMReflector,
+    LLMReviewer,
+    Optimizer,
+    Reviewer,
+    ReviewerOutput,
+    clip,
+)
+from core.sandbox import get_sandbox
+from core.sandbox.evaluate import Verdict, evaluate
 from core.storage.db import write_session
-from core.llm.client import LLMResult
-from core.episodes.loop import (EpisodeResult, EventSink, OutputStream, Roles, StepError, TaskSpec, Trace, _check_cancel,
-                       _load_episode, _update_episode, create_episode, learned_delta, record_run,
-                       reflect_and_curate)
 from core.storage.models import Episode, utcnow
-from core.playbook.deltas import _ensure_playbook, render, retrieve
-from core.roles.llm_roles import Attempt, Optimizer, Reviewer, ReviewerOutput, clip
-from core.sandbox.evaluate import Verdict
 
 ROLE_SUFFIX = {"generator": "", "reviewer": "-reviewer", "optimizer": "-optimizer"}
 
@@ -51,9 +66,6 @@ class ReviewRoles(Roles):
 
     @classmethod
     def from_settings(cls, settings: Optional[Settings] = None) -> "ReviewRoles":
-        from core.llm.client import LLMClient
-        from core.roles.llm_roles import LLMCurator, LLMGenerator, LLMOptimizer, LLMReflector, LLMReviewer
-
         llm = LLMClient(settings)
         return cls(LLMGenerator(llm), LLMReflector(llm), LLMCurator(llm), LLMReviewer(llm), LLMOptimizer(llm))
 
@@ -64,18 +76,6 @@ def role_playbooks(playbook_id: str) -> dict[str, str]:
     if len(out["optimizer"]) > 64:
         raise ValueError(f"playbook id {playbook_id!r} is too long for the review workflow (at most 54 characters)")
     return out
-
-
-class RoleTrace(Trace):
-    """The episode's trace, with the acting role written into every payload."""
-
-    def __init__(self, base: Trace, role: str):
-        super().__init__(base.episode_id, base.sink)
-        self._lock, self.role = base._lock, role
-
-    def emit_all(self, events: list[dict[str, Any]], episode: Optional[dict[str, Any]] = None,
-                 rows: Optional[list[Any]] = None) -> None:
-        super().emit_all([{**e, "payload": {**e["payload"], "role": self.role}} for e in events], episode, rows)
 
 
 def _complete_roles(roles: Optional[Roles], settings: Settings) -> ReviewRoles:
@@ -99,14 +99,13 @@ class _Run:
     """One review episode's state: what ran, what each role used, the totals."""
 
     def __init__(self, spec: TaskSpec, ep: Episode, trace: Trace, roles: ReviewRoles, sandbox: Any,
-                 settings: Settings, job_id: Optional[str]):
+                 settings: Settings, job_id: Optional[str], progress: Progress):
         self.spec, self.ep, self.trace, self.roles, self.sandbox = spec, ep, trace, roles, sandbox
-        self.settings, self.job_id = settings, job_id
+        self.settings, self.job_id, self.progress = settings, job_id, progress
         self.pbs = role_playbooks(ep.playbook_id)
-        self.totals: dict[str, float] = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+        self.totals = progress.totals
         self.used: dict[str, list[str]] = {r: [] for r in ROLE_SUFFIX}
         self.runs = 0
-        self.step = "setup"
 
     def playbook_text(self, role: str, query: str) -> tuple[str, list[Any]]:
         k = self.spec.k if self.spec.k is not None else self.settings.default_k
@@ -119,11 +118,9 @@ class _Run:
         self.used[role] += [b for b in ids if b not in self.used[role]]
 
     def execute(self, code: str, role: str) -> Verdict:
-        from core.sandbox.evaluate import evaluate
-
-        _check_cancel(self.job_id)
-        self.step, self.runs = "execute", self.runs + 1
-        n, spec, trace = self.runs, self.spec, RoleTrace(self.trace, role)
+        check_cancel(self.job_id)
+        self.progress.step, self.runs = "execute", self.runs + 1
+        n, spec, trace = self.runs, self.spec, self.trace.as_role(role)
         stream = OutputStream(trace, n)
         t0 = time.perf_counter()
         verdict = evaluate(self.sandbox, code, spec.language, tests=spec.tests, expected_output=spec.expected_output,
@@ -135,10 +132,10 @@ class _Run:
         return verdict
 
     def generate(self) -> tuple[str, Verdict]:
-        _check_cancel(self.job_id)
-        self.step = "generate"
+        check_cancel(self.job_id)
+        self.progress.step = "generate"
         text, hits = self.playbook_text("generator", self.spec.task)
-        with RoleTrace(self.trace, "generator").step("generate", 1) as p:
+        with self.trace.as_role("generator").step("generate", 1) as p:
             out = self.roles.generator.generate(self.spec.task, self.spec.language, text, [], self.ep.id)
             p.update(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
                      retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
@@ -146,10 +143,10 @@ class _Run:
         return out.value.code, self.execute(out.value.code, "generator")
 
     def review(self, code: str, verdict: Verdict) -> tuple[ReviewerOutput, bool]:
-        _check_cancel(self.job_id)
-        self.step = "review"
+        check_cancel(self.job_id)
+        self.progress.step = "review"
         text, hits = self.playbook_text("reviewer", f"{self.spec.task}\n{verdict.feedback[:500]}")
-        with RoleTrace(self.trace, "reviewer").step("review", self.runs) as p:
+        with self.trace.as_role("reviewer").step("review", self.runs) as p:
             reviewer: Reviewer = self.roles.reviewer  # type: ignore[assignment]
             out = reviewer.review(self.spec.task, self.spec.language, code, verdict.feedback, text, self.ep.id)
             r = out.value
@@ -161,11 +158,11 @@ class _Run:
         return r, r.needs_optimization or forced
 
     def optimize(self, code: str, verdict: Verdict, review: ReviewerOutput) -> tuple[str, Verdict]:
-        _check_cancel(self.job_id)
-        self.step = "optimize"
+        check_cancel(self.job_id)
+        self.progress.step = "optimize"
         query = f"{self.spec.task}\n{' '.join(review.issues)[:500]}"
         text, hits = self.playbook_text("optimizer", query)
-        with RoleTrace(self.trace, "optimizer").step("optimize", self.runs + 1) as p:
+        with self.trace.as_role("optimizer").step("optimize", self.runs + 1) as p:
             optimizer: Optimizer = self.roles.optimizer  # type: ignore[assignment]
             out = optimizer.optimize(self.spec.task, self.spec.language, code, verdict.feedback, review, text,
                                      self.ep.id)
@@ -175,10 +172,10 @@ class _Run:
         return out.value.code, self.execute(out.value.code, "optimizer")
 
     def learn(self, role: str, attempts: list[Attempt], outcome: str) -> dict[str, Any]:
-        self.step = "reflect"
+        self.progress.step = "reflect"
         # the learning half reads only these three fields; the episode row stays the generator's
         role_ep = SimpleNamespace(id=self.ep.id, playbook_id=self.pbs[role], review_mode=self.ep.review_mode)
-        trace = RoleTrace(self.trace, role)
+        trace = self.trace.as_role(role)
         return reflect_and_curate(trace, self.roles, role_ep, self.spec.task, attempts,  # type: ignore[arg-type]
                                   self.used[role], self.spec.ground_truth, outcome, self.totals, self.job_id,
                                   reflector_instructions=REFLECT_FOR[role])
@@ -198,89 +195,69 @@ def run_review_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, role
                        sandbox: Any = None, job_id: Optional[str] = None, settings: Optional[Settings] = None,
                        on_event: Optional[EventSink] = None) -> EpisodeResult:
     """Generate, run, review, optimize and rerun, then let each role learn; never raises for the task's faults."""
-    from core.sandbox import get_sandbox
-
     settings = settings or get_settings()
-    ep = _load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
+    ep = load_episode(episode_id) if episode_id else create_episode(spec, settings, job_id)
     learned = learned_delta(ep)
     if learned:  # a retried job whose first run already learned: do not learn twice
         return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
     trace = Trace(ep.id, on_event)
-    _update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
+    update_episode(ep.id, status="running", started_at=utcnow(), job_id=job_id or ep.job_id)
     result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
-    own_sandbox = sandbox is None
-    run: Optional[_Run] = None
-    step = "setup"
-    try:
+    progress = Progress()
+    with recorded_ending(trace, result, progress), ExitStack() as owned:
         pbs = role_playbooks(ep.playbook_id)
         with write_session() as s:
             for pid in pbs.values():
-                _ensure_playbook(s, pid)
+                ensure_playbook(s, pid)
         trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
                              "backend": ep.backend, "model": ep.model, "mode": spec.mode, "workflow": "review",
                              "playbooks": pbs})
-        step = "configure"
+        progress.step = "configure"
         full = _complete_roles(roles, settings)
-        step = "sandbox"
-        sandbox = sandbox if sandbox is not None else get_sandbox(spec.backend, settings)
-        _update_episode(ep.id, isolation=getattr(sandbox, "isolation", ""))
-        run = _Run(spec, ep, trace, full, sandbox, settings, job_id)
-        code, verdict = run.generate()
-        first = Attempt(1, code, verdict.feedback, verdict.passed, list(run.used["generator"]))
-        review_attempts: list[Attempt] = []
-        optimizer_attempts: list[Attempt] = []
-        for _ in range(max(1, ep.max_iterations - 1)):
-            review, optimize = run.review(code, verdict)
-            after = None
-            if optimize:
-                new_code, after = run.optimize(code, verdict, review)
-                optimizer_attempts.append(Attempt(run.runs, new_code, after.feedback, after.passed,
-                                                  list(run.used["optimizer"])))
-            review_attempts.append(Attempt(len(review_attempts) + 1, code, _review_feedback(verdict, review, optimize,
-                                                                                            after),
-                                           (after or verdict).passed, list(run.used["reviewer"])))
-            if not optimize or after is None:
-                break
-            code, verdict = new_code, after
-            if verdict.passed:  # a passing rewrite is accepted
-                break
-        passed = verdict.passed
-        result.success, result.attempts, result.code = passed, run.runs, code
-        if spec.learn:
-            outcome = (f"the final code PASSED after {run.runs} run(s)" if passed
-                       else f"the final code FAILED after {run.runs} run(s)")
-            learned = {"generator": run.learn("generator", [first], f"first version "
-                                              f"{'PASSED' if first.passed else 'FAILED'}; {outcome}"),
-                       "reviewer": run.learn("reviewer", review_attempts, outcome)}
-            if optimizer_attempts:
-                learned["optimizer"] = run.learn("optimizer", optimizer_attempts, outcome)
-            gen = learned["generator"]
-            result.delta_id, result.version, result.reflection = gen["delta_id"], gen["version"], gen["reflection"]
-            result.curation = {role: {k: v[k] for k in ("curation", "delta_id", "version", "status")}
-                               for role, v in learned.items()}
-            _update_episode(ep.id, delta_id=gen["delta_id"])
-        result.status = "succeeded" if passed else "failed"
-        _update_episode(ep.id, status=result.status, success=passed, finished_at=utcnow(), **_totals(run))
-    except jobs.Cancelled:
-        trace.emit("error", {"step": run.step if run else step, "message": "cancelled by request"})
-        result.status, result.error = "cancelled", "cancelled by request"
-        _update_episode(ep.id, status="cancelled", error=result.error, finished_at=utcnow())
-        raise
-    except Exception as exc:  # any step: record it clearly and end the episode
-        step = run.step if run else step
-        if isinstance(exc, StepError):
-            step, exc = exc.step, exc.cause
-        message = f"{step} failed: {exc}"
-        trace.emit("error", {"step": step, "message": message, "type": type(exc).__name__})
-        result.status, result.error = "error", message
-        _update_episode(ep.id, status="error", error=message, finished_at=utcnow(), **_totals(run))
-    finally:
-        if own_sandbox and sandbox is not None:
-            sandbox.close()
+        progress.step = "sandbox"
+        if sandbox is None:
+            sandbox = owned.enter_context(closing(get_sandbox(spec.backend, settings)))
+        update_episode(ep.id, isolation=getattr(sandbox, "isolation", ""))
+        run = _Run(spec, ep, trace, full, sandbox, settings, job_id, progress)
+        _review_rounds(run, spec, ep, result)
+        update_episode(ep.id, status=result.status, success=result.success, finished_at=utcnow(), **progress.spent())
     return result
 
 
-def _totals(run: Optional[_Run]) -> dict[str, Any]:
-    if run is None:
-        return {}
-    return {"tokens": int(run.totals["tokens"]), "llm_ms": run.totals["llm_ms"], "sandbox_ms": run.totals["sandbox_ms"]}
+def _review_rounds(run: _Run, spec: TaskSpec, ep: Episode, result: EpisodeResult) -> None:
+    """The generator's first version, then review and optimize rounds, then each role learns."""
+    code, verdict = run.generate()
+    first = Attempt(1, code, verdict.feedback, verdict.passed, list(run.used["generator"]))
+    review_attempts: list[Attempt] = []
+    optimizer_attempts: list[Attempt] = []
+    for _ in range(max(1, ep.max_iterations - 1)):
+        review, optimize = run.review(code, verdict)
+        after = None
+        if optimize:
+            new_code, after = run.optimize(code, verdict, review)
+            optimizer_attempts.append(Attempt(run.runs, new_code, after.feedback, after.passed,
+                                              list(run.used["optimizer"])))
+        feedback = _review_feedback(verdict, review, optimize, after)
+        review_attempts.append(Attempt(len(review_attempts) + 1, code, feedback, (after or verdict).passed,
+                                       list(run.used["reviewer"])))
+        if not optimize or after is None:
+            break
+        code, verdict = new_code, after
+        if verdict.passed:  # a passing rewrite is accepted
+            break
+    passed = verdict.passed
+    result.success, result.attempts, result.code = passed, run.runs, code
+    if spec.learn:
+        outcome = (f"the final code PASSED after {run.runs} run(s)" if passed
+                   else f"the final code FAILED after {run.runs} run(s)")
+        learned = {"generator": run.learn("generator", [first], f"first version "
+                                          f"{'PASSED' if first.passed else 'FAILED'}; {outcome}"),
+                   "reviewer": run.learn("reviewer", review_attempts, outcome)}
+        if optimizer_attempts:
+            learned["optimizer"] = run.learn("optimizer", optimizer_attempts, outcome)
+        gen = learned["generator"]
+        result.delta_id, result.version, result.reflection = gen["delta_id"], gen["version"], gen["reflection"]
+        result.curation = {role: {k: v[k] for k in ("curation", "delta_id", "version", "status")}
+                           for role, v in learned.items()}
+        update_episode(ep.id, delta_id=gen["delta_id"])
+    result.status = "succeeded" if passed else "failed"

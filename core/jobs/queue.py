@@ -1,4 +1,4 @@
-"""A durable job queue in the database, and the worker that drains it.
+"""A durable job queue in the database.
 
 Episodes, learn requests and benchmark runs are jobs, so closing the browser
 does not stop a run and any number of viewers can watch one. A worker beats a
@@ -9,34 +9,28 @@ so two workers never take the same job. (On PostgreSQL this function is the
 place for `FOR UPDATE SKIP LOCKED`.)
 """
 
-import logging
-import os
-import socket
-import threading
-import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlmodel import select
+from sqlmodel import col, select
 
+from core.config import get_settings
+from core.errors import Conflict, NotFound
 from core.storage.db import read_session, row_writer, write_session
 from core.storage.models import Job, utcnow
-
-log = logging.getLogger("ace.jobs")
-STALE_AFTER_S = float(os.environ.get("ACE_JOB_STALE_SECONDS", "30"))
-HEARTBEAT_S = 2.0
-
-Handler = Callable[[Job], dict[str, Any]]
-_handlers: dict[str, Handler] = {}
 
 
 class Cancelled(Exception):
     """Raised inside a job when someone asked to cancel it."""
 
 
-def register(kind: str, handler: Handler) -> None:
-    _handlers[kind] = handler
+class JobNotFound(NotFound, KeyError):
+    """No job has this id; a KeyError too, as callers caught before errors had kinds."""
+
+
+class NotRetryable(Conflict, ValueError):
+    """Only a failed or cancelled job can be queued again; a ValueError too, as callers caught before."""
 
 
 def new_job(kind: str, payload: dict[str, Any], max_attempts: int = 2, job_id: Optional[str] = None) -> Job:
@@ -72,7 +66,7 @@ def claim(worker_id: str, kinds: Optional[list[str]] = None) -> Optional[Job]:
         stmt = select(Job).where(Job.status == "queued")
         if kinds:
             stmt = stmt.where(Job.kind.in_(kinds))  # type: ignore[attr-defined]
-        job = s.exec(stmt.order_by(Job.created_at).limit(1)).first()
+        job = s.exec(stmt.order_by(col(Job.created_at)).limit(1)).first()
         if job is None:
             return None
         now = utcnow()
@@ -114,7 +108,7 @@ def cancel(job_id: str) -> str:
     with write_session() as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise KeyError(f"job {job_id!r} does not exist")
+            raise JobNotFound(f"job {job_id!r} does not exist")
         if job.status == "queued":
             job.status, job.finished_at, job.error = "cancelled", utcnow(), "cancelled before it started"
         elif job.status == "running":
@@ -128,15 +122,15 @@ def retry(job_id: str) -> None:
     with write_session() as s:
         job = s.get(Job, job_id)
         if job is None:
-            raise KeyError(f"job {job_id!r} does not exist")
+            raise JobNotFound(f"job {job_id!r} does not exist")
         if job.status not in ("failed", "cancelled"):
-            raise ValueError(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+            raise NotRetryable(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         job.status, job.error, job.cancel_requested, job.finished_at = "queued", None, False, None
         job.max_attempts = job.attempts + 1
         s.add(job)
 
 
-def _finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, error: Optional[str] = None) -> None:
+def finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, error: Optional[str] = None) -> None:
     with write_session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -145,13 +139,10 @@ def _finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, e
         s.add(job)
 
 
-def _load_handlers() -> None:
-    import core.worker  # noqa: F401  (registers the job kinds and recovery hooks)
-
-
-def recover_stale(stale_after_s: float = STALE_AFTER_S) -> list[str]:
+def recover_stale(stale_after_s: Optional[float] = None) -> list[str]:
     """Requeue or fail running jobs whose worker stopped beating."""
-    _load_handlers()
+    if stale_after_s is None:
+        stale_after_s = get_settings().job_stale_seconds
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
     touched = []
     with write_session() as s:
@@ -184,88 +175,3 @@ def _on_recovered(job_id: str) -> None:
     for hook in _recover_hooks:
         if job is not None:
             hook(job)
-
-
-def run_one(job: Job) -> None:
-    handler = _handlers.get(job.kind)
-    if handler is None:
-        _finish(job.id, "failed", error=f"no handler for job kind {job.kind!r}")
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                heartbeat(job.id)
-            except Exception:  # a locked DB for a moment must not kill the beat
-                log.exception("heartbeat failed")
-
-    t = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-    t.start()
-    try:
-        result = handler(job)
-        _finish(job.id, "done", result=result)
-    except Cancelled:
-        _finish(job.id, "cancelled", error="cancelled by request")
-    except Exception as exc:
-        log.warning("job %s failed: %s", job.id, exc)
-        _finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
-        log.debug("%s", traceback.format_exc())
-    finally:
-        stop.set()
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
-
-
-def run_worker(stop: Optional[threading.Event] = None, poll_s: float = 0.5, kinds: Optional[list[str]] = None,
-               max_jobs: Optional[int] = None, stale_after_s: float = STALE_AFTER_S) -> int:
-    """Drain the queue until `stop` is set (or `max_jobs` ran); returns jobs run."""
-    _load_handlers()
-    stop = stop or threading.Event()
-    wid = worker_id()
-    done = 0
-    while not stop.is_set():
-        try:
-            recover_stale(stale_after_s)
-            job = claim(wid, kinds)
-        except Exception:
-            log.exception("worker could not reach the queue")
-            stop.wait(poll_s * 4)
-            continue
-        if job is None:
-            stop.wait(poll_s)
-            continue
-        run_one(job)
-        done += 1
-        if max_jobs is not None and done >= max_jobs:
-            break
-    return done
-
-
-_app_worker: Optional[threading.Thread] = None
-_app_stop = threading.Event()
-_app_lock = threading.Lock()
-
-
-def ensure_background_worker() -> threading.Thread:
-    """One worker thread per process (the Streamlit app and the HTTP service use it)."""
-    global _app_worker, _app_stop
-    with _app_lock:
-        if _app_worker is None or not _app_worker.is_alive():
-            _app_stop = threading.Event()
-            _app_worker = threading.Thread(target=run_worker, kwargs={"stop": _app_stop}, name="ace-worker",
-                                           daemon=True)
-            _app_worker.start()
-        return _app_worker
-
-
-def stop_background_worker(timeout: float = 30.0) -> None:
-    """Stop the in-process worker after its current job (tests; clean shutdowns)."""
-    global _app_worker
-    with _app_lock:
-        worker, _app_worker = _app_worker, None
-        _app_stop.set()
-    if worker is not None:
-        worker.join(timeout)

@@ -1,0 +1,136 @@
+"""The trace's event kinds and their payloads, shared by the loop that writes them and the CLI and UI that read them.
+
+An event is stored as a row (`Event`: kind, attempt, duration, payload JSON); these
+types say what each kind's payload holds. Payloads are plain dicts at run time
+(TypedDicts cost nothing on the hot path); readers cast a payload to its kind's
+type (`cast(GeneratePayload, event.payload)`) so a misspelt key is a type error. Every payload of the
+review workflow also carries the acting `role`.
+"""
+
+from collections.abc import Callable
+from typing import Any, Literal, Optional, TypedDict, Union
+
+EventKind = Literal["route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect", "curate",
+                    "apply", "error"]
+KINDS: tuple[EventKind, ...] = ("route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect",
+                                "curate", "apply", "error")
+
+
+class LLMFields(TypedDict, total=False):
+    """What every step that called a model records about the call."""
+
+    messages: list[dict[str, Any]]
+    response: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    llm_mode: str
+    call_ids: list[int]
+    role: str
+
+
+class RetrievedBullet(TypedDict, total=False):
+    id: str
+    score: float
+    scores: dict[str, float]
+
+
+class RoutePayload(TypedDict, total=False):
+    playbook_id: str
+    reason: Optional[str]
+    review_mode: Optional[str]
+    backend: Optional[str]
+    model: Optional[str]
+    mode: str
+    workflow: str
+    playbooks: dict[str, str]
+    used_bullets: list[str]
+    role: str
+
+
+class GeneratePayload(LLMFields, total=False):
+    """A Generator's (or the Optimizer's) code and the bullets it was shown and says it used."""
+
+    code: str
+    reasoning: str
+    bullet_ids: list[str]
+    retrieved: list[RetrievedBullet]
+
+
+class ReviewPayload(LLMFields, total=False):
+    needs_optimization: bool
+    forced: bool
+    issues: list[str]
+    suggestions: str
+    reasoning: str
+    bullet_ids: list[str]
+    passed: bool
+    retrieved: list[RetrievedBullet]
+
+
+class OutputPayload(TypedDict, total=False):
+    """Output streamed while code runs; the execute event carries all of a short run's output instead."""
+
+    stream: Literal["stdout", "stderr"]
+    text: str
+    role: str
+
+
+class ExecutePayload(TypedDict, total=False):
+    code: str
+    language: str
+    isolation: str
+    execution: dict[str, Any]  # `core.sandbox.Execution` as JSON (logs, results, error, exit_code, timed_out)
+    role: str
+
+
+class EvaluatePayload(TypedDict, total=False):
+    passed: bool
+    total: int
+    failed: list[str]
+    error: Optional[str]
+    feedback: str
+    role: str
+
+
+class ReflectPayload(LLMFields, total=False):
+    reflection: dict[str, Any]  # `core.roles.ReflectorOutput` as JSON
+
+
+class CuratePayload(LLMFields, total=False):
+    curation: dict[str, Any]  # `core.roles.CuratorOutput` as JSON: reasoning and operations
+
+
+class ApplyPayload(TypedDict, total=False):
+    delta_id: str
+    review_mode: str
+    operations: int
+    status: Literal["empty", "applied", "pending"]
+    version: Optional[int]
+    results: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    role: str
+
+
+class ErrorPayload(TypedDict, total=False):
+    step: str
+    message: str
+    type: str
+    role: str
+
+
+Payload = Union[RoutePayload, GeneratePayload, ReviewPayload, OutputPayload, ExecutePayload, EvaluatePayload,
+                ReflectPayload, CuratePayload, ApplyPayload, ErrorPayload]
+
+
+class TraceEvent(TypedDict):
+    """An event as a live listener (`on_event`) receives it, before or without a database row."""
+
+    kind: EventKind
+    attempt: Optional[int]
+    duration_ms: Optional[float]
+    payload: dict[str, Any]
+
+
+EventSink = Callable[[TraceEvent], None]
+

@@ -1,0 +1,48 @@
+"""How every workflow ends an episode that was cancelled or failed, so its trace and its row agree."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.episodes.spec import EpisodeResult
+from core.episodes.store import update_episode
+from core.episodes.trace import StepError, Trace
+from core.jobs import Cancelled
+from core.storage.models import utcnow
+
+
+def _zero() -> dict[str, float]:
+    return {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+
+
+@dataclass
+class Progress:
+    """Where a running episode is (the step a failure is blamed on) and what it has spent so far."""
+
+    step: str = "setup"
+    totals: dict[str, float] = field(default_factory=_zero)
+
+    def spent(self) -> dict[str, Any]:
+        """The totals as the episode row stores them."""
+        t = self.totals
+        return {"tokens": int(t["tokens"]), "llm_ms": t["llm_ms"], "sandbox_ms": t["sandbox_ms"]}
+
+
+@contextmanager
+def recorded_ending(trace: Trace, result: EpisodeResult, progress: Progress) -> Iterator[None]:
+    """Record a cancel (and re-raise it, so the job ends cancelled) or any other failure (which ends the
+    episode with status `error`): an episode never raises for the task's faults."""
+    try:
+        yield
+    except Cancelled:
+        trace.emit("error", {"step": progress.step, "message": "cancelled by request"})
+        result.status, result.error = "cancelled", "cancelled by request"
+        update_episode(result.episode_id, status="cancelled", error=result.error, finished_at=utcnow())
+        raise
+    except Exception as exc:  # any step: record it clearly and end the episode
+        step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else (progress.step, exc)
+        message = f"{step} failed: {cause}"
+        trace.emit("error", {"step": step, "message": message, "type": type(cause).__name__})
+        result.status, result.error = "error", message
+        update_episode(result.episode_id, status="error", error=message, finished_at=utcnow(), **progress.spent())

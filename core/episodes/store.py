@@ -1,0 +1,105 @@
+"""Episode rows: created before an episode runs (so a queued one can be watched), updated as it ends."""
+
+from typing import Any, Optional
+
+from sqlmodel import col, select
+
+from core import jobs
+from core.config import Settings, get_settings
+from core.episodes.spec import TaskSpec
+from core.episodes.trace import EPISODES, Trace
+from core.playbook import get_or_create_playbook, validate_playbook_id
+from core.playbook.routing import route
+from core.storage.db import query_row, read_session, row_writer
+from core.storage.models import Delta, Episode, Event
+
+
+def update_episode(episode_id: str, **values: Any) -> None:
+    """One plain UPDATE of the episode's row (no ORM round trip on the loop's hot path)."""
+    with row_writer() as w:
+        w.update(EPISODES, {"id": episode_id}, values)
+
+
+def new_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
+    """The episode's row, playbook chosen and why, not yet stored: a caller may store it with rows of its own."""
+    settings = settings or get_settings()
+    if spec.playbook_id:
+        env, reason = None, f"playbook '{spec.playbook_id}' chosen by the user"
+        pid = spec.playbook_id
+    else:
+        r = route(spec.task, spec.language)
+        env, reason, pid = r.environment, r.reason, r.environment
+    found = query_row("SELECT review_mode FROM playbook WHERE id = ?", (validate_playbook_id(pid),))
+    pb_review = found[0] if found is not None else get_or_create_playbook(pid, environment=env).review_mode
+    ep = Episode(playbook_id=pid, task=spec.task, language=spec.language, tests=spec.tests,
+                 expected_output=spec.expected_output, ground_truth=spec.ground_truth, mode=spec.mode,
+                 max_iterations=spec.max_iterations or settings.max_iterations,
+                 review_mode=spec.review_mode or pb_review or settings.review_mode,
+                 routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
+                 model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
+                 bench_run_id=spec.bench_run_id)
+    return ep
+
+
+def create_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Optional[str] = None) -> Episode:
+    """Record the episode before it runs, with its playbook chosen and why."""
+    ep = new_episode(spec, settings, job_id)
+    with row_writer() as w:  # a plain INSERT
+        w.add([ep])
+    return ep
+
+
+def submit_episode(spec: TaskSpec) -> tuple[str, str]:
+    """Queue an episode for a worker; returns (episode id, job id).
+
+    The episode and its job are stored in one transaction: a process killed in between leaves
+    neither, never an episode waiting for a job nobody queued."""
+    ep = new_episode(spec)
+    job = jobs.new_job("episode", {"episode_id": ep.id, "spec": spec.model_dump()}, max_attempts=2)
+    ep.job_id = job.id
+    with row_writer() as w:
+        w.add([job, ep])
+    return ep.id, job.id
+
+
+def check_cancel(job_id: Optional[str]) -> None:
+    """Stop between steps when someone asked to cancel this episode's job."""
+    if jobs.cancel_requested(job_id):
+        raise jobs.Cancelled()
+
+
+def learned_delta(ep: Episode) -> Optional[str]:
+    """The delta an episode already produced, if any (its row may not say so if a worker died)."""
+    if ep.delta_id:
+        return ep.delta_id
+    with read_session() as s:
+        return s.exec(select(Delta.id).where(Delta.episode_id == ep.id)).first()
+
+
+def load_episode(episode_id: str) -> Episode:
+    with read_session() as s:
+        ep = s.get(Episode, episode_id)
+    if ep is None:
+        raise KeyError(f"episode {episode_id!r} does not exist")
+    return ep
+
+
+# ----------------------------------------------------------------- learning
+
+def episode_events(episode_id: str, after_seq: int = 0) -> list[Event]:
+    """The trace from `after_seq` on, in order (a live view polls with the last seq it has)."""
+    with read_session() as s:
+        stmt = select(Event).where(Event.episode_id == episode_id, Event.seq > after_seq).order_by(col(Event.seq))
+        return list(s.exec(stmt))
+
+
+def mark_interrupted(job: Any) -> None:
+    """A worker died under this job's episode: say so in its trace."""
+    episode_id = (job.payload or {}).get("episode_id")
+    if not episode_id:
+        return
+    msg = "the worker running this episode stopped (killed?); " + (
+        "it will be run again" if job.status == "queued" else "no attempts are left")
+    Trace(episode_id).emit("error", {"step": "worker", "message": msg})
+    update_episode(episode_id, status="queued" if job.status == "queued" else "error",
+                    error=None if job.status == "queued" else msg)

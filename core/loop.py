@@ -1,0 +1,14 @@
+"""The one loop, where the README and every entry point find it; `core.episodes` holds its parts.
+
+    from core.loop import TaskSpec, run_episode
+    run_episode(TaskSpec(task="Write mean(xs)", tests="assert mean([]) == 0", playbook_id="py"))
+"""
+
+from core.episodes.events import EventSink, TraceEvent
+from core.episodes.learning import create_learn_episode, learn, reflect_and_curate
+from core.episodes.loop import run_episode
+from core.episodes.spec import EpisodeResult, Roles, TaskSpec
+from core.episodes.store import create_episode, episode_events, new_episode, submit_episode
+
+__all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "TraceEvent", "create_episode", "create_learn_episode",
+           "episode_events", "learn", "new_episode", "reflect_and_curate", "run_episode", "submit_episode"]
