@@ -4,8 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.bench import runner as bench
-from core.jobs import queue as jobs
+from core import bench, worker
 from core.bench import suites
 from core.config import get_settings
 from ui.components import call, friendly_errors, llm_missing_message, query_param
@@ -34,7 +33,7 @@ with friendly_errors("list suites"), st.expander("Start a benchmark run", expand
                       limit=int(limit) or None, concurrency=int(conc), workflow=workflow, success="Benchmark queued")
         if run_id:
             if settings.worker_in_app:
-                jobs.ensure_background_worker()
+                worker.start_in_background()
             st.query_params["run"] = run_id
     up = st.file_uploader("Add a suite (JSONL: task, language, tests or expected_output, tags, id)", type=["jsonl"])
     new_name = st.text_input("Suite name", key="suite_name")
@@ -85,18 +84,18 @@ with friendly_errors("show benchmark runs"):
                 "color_discrete_map": {"baseline": "#adb5bd", "ace": "#4c6ef5"}}
         legend = dict(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, title_text=""))
         test = curve[curve["phase"] == "test"]
-        l, r = st.columns(2)
+        left, right = st.columns(2)
         if not test.empty:
             fig = px.bar(test, x="arm", y="pass_rate", color="arm", range_y=[0, 1.1], text_auto=".0%",
                          labels={"pass_rate": "pass rate"}, title="Held-out test split: baseline vs ACE", **arms)
             fig.update_traces(textposition="outside")
-            l.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **legend), width="stretch")
+            left.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **legend), width="stretch")
         train = curve[curve["phase"] == "train"]
         if not train.empty:
             fig = px.line(train, x="epoch", y="pass_rate", color="arm", markers=True, range_y=[-0.05, 1.05],
                           labels={"pass_rate": "pass rate"}, title="Pass rate per epoch (train split)", **arms)
             fig.update_traces(marker_size=10)
-            r.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", xaxis_dtick=1, **legend), width="stretch")
+            right.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", xaxis_dtick=1, **legend), width="stretch")
         st.dataframe(curve[["arm", "phase", "epoch", "tasks", "passed", "pass_rate", "tokens_per_task",
                             "cost_per_task", "duration_ms_per_task"]], hide_index=True, width="stretch",
                      column_config={"pass_rate": st.column_config.NumberColumn("pass rate", format="percent"),

@@ -4,8 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import views
-from core.bench import runner as bench
+from core import bench, views
 from ui.components import friendly_errors, query_param
 
 st.title("📈 Learning curves")
@@ -38,26 +37,29 @@ with friendly_errors("draw the learning curves"):
         fig.update_layout(title="Success per episode (dots: 1 = passed, 0 = failed; line: rolling mean of 10)",
                           height=380, yaxis_range=[-0.05, 1.05], yaxis_tickformat=".0%", **LEGEND)
         st.plotly_chart(fig, width="stretch")
-        l, r = st.columns(2)
+        left, right = st.columns(2)
         ok = df[df["success"] == 1]
         if not ok.empty:
-            l.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=True, color_discrete_map=cmap,
-                                   title="Attempts until success", labels={"n": "episode"}).update_layout(**LEGEND),
+            left.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=True, color_discrete_map=cmap,
+                                      title="Attempts until success", labels={"n": "episode"}).update_layout(**LEGEND),
+                              width="stretch")
+        right.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode", markers=True,
+                                   color_discrete_map=cmap, labels={"n": "episode"}).update_layout(**LEGEND),
                            width="stretch")
-        r.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode", markers=True,
-                               color_discrete_map=cmap, labels={"n": "episode"}).update_layout(**LEGEND),
-                       width="stretch")
         st.plotly_chart(px.line(df, x="n", y="latency_s", color="playbook", title="Latency per episode (s)",
                                 markers=True, color_discrete_map=cmap,
                                 labels={"n": "episode", "latency_s": "seconds"}).update_layout(**LEGEND),
                         width="stretch")
     if not vdf.empty:
-        l, r = st.columns(2)
-        l.plotly_chart(px.line(vdf, x="version", y="bullets", color="playbook", markers=True, color_discrete_map=cmap,
-                               title="Playbook size across versions").update_layout(**LEGEND), width="stretch")
-        r.plotly_chart(px.line(vdf, x="version", y="tokens", color="playbook", markers=True, color_discrete_map=cmap,
-                               title="Rendered playbook tokens across versions").update_layout(**LEGEND),
-                       width="stretch")
+        left, right = st.columns(2)
+        left.plotly_chart(px.line(vdf, x="version", y="bullets", color="playbook", markers=True,
+                                  color_discrete_map=cmap,
+                                  title="Playbook size across versions").update_layout(**LEGEND),
+                          width="stretch")
+        right.plotly_chart(px.line(vdf, x="version", y="tokens", color="playbook", markers=True,
+                                   color_discrete_map=cmap,
+                                   title="Rendered playbook tokens across versions").update_layout(**LEGEND),
+                           width="stretch")
 
 with friendly_errors("show benchmark runs"):
     runs = [r for r in bench.list_runs(20) if r.get("ace_test_pass_rate") is not None]

@@ -58,13 +58,13 @@ class SilentCurator:
 
 
 def measure(concurrency: int, limit: Optional[int]) -> dict[str, float]:
-    from core.bench import runner as bench
-    from core.episodes.loop import Roles
+    from core import bench
     from core.bench.suites import humaneval_tasks
+    from core.loop import Roles
 
     tasks = humaneval_tasks()[:limit]
     gen = CannedGenerator({t.task: t.solution or "" for t in tasks})
-    roles = Roles(gen, SilentReflector(), SilentCurator())  # type: ignore[arg-type]
+    roles = Roles(gen, SilentReflector(), SilentCurator())
     run_id = bench.create_run("humaneval", epochs=1, split=0.5, limit=limit, concurrency=concurrency)
     t0 = time.perf_counter()
     summary = bench.run_bench(run_id, roles=roles)

@@ -1,0 +1,7 @@
+"""`python -m core.cli`: the same as the `ace` console script."""
+
+import sys
+
+from core.cli.main import main
+
+sys.exit(main())
