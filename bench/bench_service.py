@@ -44,7 +44,8 @@ def load_pairs() -> list[dict[str, str]]:
 
 def vocabulary(pairs: list[dict[str, str]], extra: int = 4000) -> list[str]:
     """Real words from the shipped bullets and tasks, then rarer made-up terms (a long tail, as real text has)."""
-    real = list(dict.fromkeys(w for p in pairs for w in re.findall(r"[a-z][a-z0-9_]+", (p["bullet"] + " " + p["task"]).lower())))
+    real = list(dict.fromkeys(w for p in pairs
+                              for w in re.findall(r"[a-z][a-z0-9_]+", (p["bullet"] + " " + p["task"]).lower())))
     rng = random.Random(3)
     tail = ["".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(3)) for _ in range(extra)]
     return real + tail
@@ -58,7 +59,8 @@ def seed(db_url: str, playbook_id: str, n: int, pairs: list[dict[str, str]]) -> 
     rng = random.Random(7)
     vocab = vocabulary(pairs)
     weights = [1.0 / (r + 1) for r in range(len(vocab))]
-    items = [{"section": p.get("section") or "strategies", "content": p["bullet"]} for p in pairs[:n]]
+    items: list[dict[str, object]] = [{"section": p.get("section") or "strategies", "content": p["bullet"]}
+                                      for p in pairs[:n]]
     while len(items) < n:
         words = rng.choices(vocab, weights, k=rng.randint(10, 24))
         items.append({"section": rng.choice(["strategies", "pitfalls", "snippets"]),
@@ -192,7 +194,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         embed = Load(port, "POST", "/playbooks/bench/embed_prompt", prompts)
         sample = embed._worker(1, 0)  # warm caches and check the answer has k bullets
         conn = http.client.HTTPConnection("127.0.0.1", port)
-        conn.request("POST", "/playbooks/bench/embed_prompt", body=prompts[0], headers={"Content-Type": "application/json"})
+        conn.request("POST", "/playbooks/bench/embed_prompt", body=prompts[0],
+                     headers={"Content-Type": "application/json"})
         shown = json.loads(conn.getresponse().read())["prompt"].count("helpful=")
         conn.close()
         health.run(300, a.concurrency)

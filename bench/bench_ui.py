@@ -10,8 +10,10 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -23,7 +25,7 @@ for k in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core.playbook import deltas as P  # noqa: E402
+from core import playbook as P  # noqa: E402
 from core.playbook import portability  # noqa: E402
 from core.storage.db import write_session  # noqa: E402
 from core.storage.models import Episode, utcnow  # noqa: E402
@@ -68,7 +70,7 @@ def render(page: str | None, **params: str) -> float:
     return elapsed
 
 
-def best_of(n: int, fn, *args, **kw) -> float:  # type: ignore[no-untyped-def]
+def best_of(n: int, fn: Callable[..., float], *args: Any, **kw: Any) -> float:
     return min(fn(*args, **kw) for _ in range(n))
 
 
@@ -81,5 +83,6 @@ if __name__ == "__main__":
     learn = best_of(3, render, "app_pages/learning.py", playbook="big")
     print(f"{'page':42} {'AppTest render (best of 3)':>28}")
     print(f"{'baseline: reflections page (empty)':42} {base:>26.2f} s")
-    print(f"{'playbook page: 5,000 bullets, 200 versions':42} {pb:>26.2f} s   target < 2 s: {'OK' if pb < 2 else 'MISSED'}")
+    print(f"{'playbook page: 5,000 bullets, 200 versions':42} {pb:>26.2f} s   "
+          f"target < 2 s: {'OK' if pb < 2 else 'MISSED'}")
     print(f"{'learning page: 10,000 episodes':42} {learn:>26.2f} s   target < 2 s: {'OK' if learn < 2 else 'MISSED'}")

@@ -10,16 +10,22 @@ from typing import Any, Optional
 import pandas as pd
 from sqlalchemy import func
 from sqlmodel import col, select
+from sqlmodel.sql.expression import Select
 
 from core.storage.db import read_session
 from core.storage.models import Bullet, Delta, DeltaOp, Episode, Event, Job, Playbook, PlaybookVersion, Reflection
 
 
+def _columns(*columns: Any) -> Select[*tuple[Any, ...]]:
+    """A SELECT of several columns, as sqlmodel's select() builds it: its typing stops at four."""
+    return Select(*columns)
+
+
 def episodes_frame(playbook_id: Optional[str] = None, status: Optional[str] = None, limit: int = 500,
                    search: str = "") -> pd.DataFrame:
     with read_session() as s:
-        stmt = select(Episode.id, Episode.created_at, Episode.playbook_id, Episode.status, Episode.success,
-                      Episode.attempts, Episode.tokens, Episode.mode, Episode.task)
+        stmt = _columns(Episode.id, Episode.created_at, Episode.playbook_id, Episode.status, Episode.success,
+                        Episode.attempts, Episode.tokens, Episode.mode, Episode.task)
         if playbook_id:
             stmt = stmt.where(Episode.playbook_id == playbook_id)
         if status:
@@ -40,7 +46,7 @@ def get_episode(episode_id: str) -> Optional[Episode]:
 
 def events(episode_id: str) -> list[Event]:
     with read_session() as s:
-        return list(s.exec(select(Event).where(Event.episode_id == episode_id).order_by(Event.seq)))
+        return list(s.exec(select(Event).where(Event.episode_id == episode_id).order_by(col(Event.seq))))
 
 
 def reflection_for(episode_id: str) -> Optional[Reflection]:
@@ -51,7 +57,7 @@ def reflection_for(episode_id: str) -> Optional[Reflection]:
 
 def recent_reflections(limit: int = 200) -> list[tuple[Reflection, str]]:
     with read_session() as s:
-        rows = s.exec(select(Reflection, Episode.task).join(Episode, Episode.id == Reflection.episode_id)
+        rows = s.exec(select(Reflection, Episode.task).join(Episode, col(Episode.id) == Reflection.episode_id)
                       .order_by(col(Reflection.id).desc()).limit(limit)).all()
     return [(r, t) for r, t in rows]
 
@@ -73,15 +79,16 @@ def job_for_episode(episode: Episode) -> Optional[Job]:
 
 def bullets_frame(playbook_id: str, search: str = "", section: str = "", include_removed: bool = False) -> pd.DataFrame:
     with read_session() as s:
-        stmt = select(Bullet.id, Bullet.section, Bullet.content, Bullet.helpful, Bullet.harmful, Bullet.neutral,
-                      Bullet.status, Bullet.source_episode_id, Bullet.updated_at).where(Bullet.playbook_id == playbook_id)
+        stmt = _columns(Bullet.id, Bullet.section, Bullet.content, Bullet.helpful, Bullet.harmful, Bullet.neutral,
+                        Bullet.status, Bullet.source_episode_id, Bullet.updated_at)
+        stmt = stmt.where(Bullet.playbook_id == playbook_id)
         if not include_removed:
             stmt = stmt.where(Bullet.status == "active")
         if section:
             stmt = stmt.where(Bullet.section == section)
         if search:
             stmt = stmt.where(col(Bullet.content).contains(search) | col(Bullet.id).contains(search))
-        rows = s.exec(stmt.order_by(Bullet.pk)).all()
+        rows = s.exec(stmt.order_by(col(Bullet.pk))).all()
     return pd.DataFrame(rows, columns=["id", "section", "content", "helpful", "harmful", "neutral", "status",
                                        "source_episode", "updated"])
 
@@ -107,8 +114,9 @@ def pending_deltas(playbook_id: Optional[str] = None, limit: int = 50) -> list[P
         deltas = list(s.exec(stmt.order_by(col(Delta.created_at).desc()).limit(limit)))
         out = []
         for d in deltas:
-            ops = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == d.id).order_by(DeltaOp.seq)))
-            task = s.get(Episode, d.episode_id).task if d.episode_id and s.get(Episode, d.episode_id) else None
+            ops = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == d.id).order_by(col(DeltaOp.seq))))
+            ep = s.get(Episode, d.episode_id) if d.episode_id else None
+            task = ep.task if ep else None
             out.append(PendingDelta(d, ops, task))
     return out
 
@@ -126,7 +134,7 @@ def delta_with_ops(delta_id: str) -> Optional[PendingDelta]:
         d = s.get(Delta, delta_id)
         if d is None:
             return None
-        ops = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == d.id).order_by(DeltaOp.seq)))
+        ops = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == d.id).order_by(col(DeltaOp.seq))))
         ep = s.get(Episode, d.episode_id) if d.episode_id else None
         return PendingDelta(d, ops, ep.task if ep else None)
 
@@ -146,7 +154,7 @@ def provenance(playbook_id: str, bullet_id: str) -> dict[str, Any]:
         b = s.exec(select(Bullet).where(Bullet.playbook_id == playbook_id, Bullet.id == bullet_id)).first()
         if b is None:
             return {}
-        ops = s.exec(select(DeltaOp, Delta).join(Delta, Delta.id == DeltaOp.delta_id)
+        ops = s.exec(select(DeltaOp, Delta).join(Delta, col(Delta.id) == DeltaOp.delta_id)
                      .where(Delta.playbook_id == playbook_id, DeltaOp.decision == "approved",
                             (DeltaOp.bullet_id == bullet_id) | (DeltaOp.result_bullet_id == bullet_id))
                      .order_by(col(DeltaOp.oid))).all()
@@ -160,12 +168,12 @@ def provenance(playbook_id: str, bullet_id: str) -> dict[str, Any]:
 
 def learning_frame(playbook_id: Optional[str] = None, limit: int = 20_000) -> pd.DataFrame:
     with read_session() as s:
-        stmt = select(Episode.id, Episode.playbook_id, Episode.created_at, Episode.success, Episode.attempts,
-                      Episode.tokens, Episode.llm_ms, Episode.sandbox_ms, Episode.started_at, Episode.finished_at
-                      ).where(col(Episode.status).in_(["succeeded", "failed"]), Episode.mode != "learn")
+        stmt = _columns(Episode.id, Episode.playbook_id, Episode.created_at, Episode.success, Episode.attempts,
+                        Episode.tokens, Episode.llm_ms, Episode.sandbox_ms, Episode.started_at, Episode.finished_at
+                        ).where(col(Episode.status).in_(["succeeded", "failed"]), Episode.mode != "learn")
         if playbook_id:
             stmt = stmt.where(Episode.playbook_id == playbook_id)
-        rows = s.exec(stmt.order_by(Episode.created_at).limit(limit)).all()
+        rows = s.exec(stmt.order_by(col(Episode.created_at)).limit(limit)).all()
     df = pd.DataFrame(rows, columns=["id", "playbook", "created", "success", "attempts", "tokens", "llm_ms",
                                      "sandbox_ms", "started", "finished"])
     if df.empty:
@@ -179,9 +187,9 @@ def learning_frame(playbook_id: Optional[str] = None, limit: int = 20_000) -> pd
 
 def versions_frame(playbook_id: Optional[str] = None) -> pd.DataFrame:
     with read_session() as s:
-        stmt = select(PlaybookVersion.playbook_id, PlaybookVersion.number, PlaybookVersion.bullet_count,
-                      PlaybookVersion.token_count, PlaybookVersion.created_at, PlaybookVersion.summary,
-                      PlaybookVersion.delta_id)
+        stmt = _columns(PlaybookVersion.playbook_id, PlaybookVersion.number, PlaybookVersion.bullet_count,
+                        PlaybookVersion.token_count, PlaybookVersion.created_at, PlaybookVersion.summary,
+                        PlaybookVersion.delta_id)
         if playbook_id:
             stmt = stmt.where(PlaybookVersion.playbook_id == playbook_id)
         rows = s.exec(stmt.order_by(PlaybookVersion.playbook_id, col(PlaybookVersion.number))).all()

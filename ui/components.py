@@ -2,19 +2,28 @@
 
 import base64
 import html
-import re
 import traceback
-from datetime import timedelta
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from datetime import timedelta
+from typing import Any, Optional, cast
 
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import views
-from core.jobs import queue as jobs
+from core import jobs, views
 from core.config import get_settings
+from core.episodes.events import (
+    ApplyPayload,
+    CuratePayload,
+    EvaluatePayload,
+    ExecutePayload,
+    GeneratePayload,
+    ReflectPayload,
+    RoutePayload,
+)
+from core.playbook.lines import BEGIN_MARK, END_MARK, line_id
+from core.storage.models import Event
 
 STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "error": "⚠️",
                "cancelled": "🚫", "pending": "📝", "applied": "✅", "partially_applied": "🟡", "rejected": "🚫"}
@@ -46,8 +55,8 @@ def isolation_label(backend: str) -> str:
 
 @st.cache_data(ttl=300, show_spinner=False)
 def retrieval_label() -> str:
+    from core.retrieval import RankWeights
     from core.retrieval.embeddings import embedder_status
-    from core.retrieval.search import RankWeights
 
     weights = ", ".join(f"{k} {v:g}" for k, v in RankWeights.from_settings().as_dict().items())
     return f"{embedder_status()}  \nweights: {weights}"
@@ -98,12 +107,12 @@ def highlight_bullets(text: str, ids: set[str]) -> str:
     inside = False
     for line in text.splitlines():
         esc = html.escape(line)
-        m = re.match(r"\[([A-Za-z0-9_.-]+)\] helpful=", line)
-        if m:
-            style = USED_STYLE if m.group(1) in ids else EMBEDDED_STYLE
+        bullet_id = line_id(line)
+        if bullet_id is not None:
+            style = USED_STYLE if bullet_id in ids else EMBEDDED_STYLE
             esc = f'<span style="{style};display:inline-block;width:100%;padding-left:4px">{esc}</span>'
-        elif line.startswith("**PLAYBOOK_"):
-            inside = line.startswith("**PLAYBOOK_BEGIN")
+        elif line.startswith((BEGIN_MARK, END_MARK)):
+            inside = line.startswith(BEGIN_MARK)
             esc = f'<b style="color:#1864ab">{esc}</b>'
         elif inside and line.startswith("#"):
             esc = f"<b>{esc}</b>"
@@ -164,56 +173,61 @@ def _op_line(op: dict[str, Any]) -> str:
     return f"- **ADD**{sec} {op.get('content') or ''}"
 
 
-def render_event(e: Any, language: str = "python") -> None:
+def render_event(e: Event, language: str = "python") -> None:
+    """One trace event, read through its kind's payload type (`core.episodes.events`)."""
     p = e.payload or {}
     label = f"{KIND_ICON.get(e.kind, '•')} {_step_label(e)}"
     if e.duration_ms is not None:
         label += f" · {fmt_ms(e.duration_ms)}"
     if e.kind == "route":
-        text = f"{KIND_ICON['route']} route: {p.get('reason', '')}"
-        if p.get("mode") == "sandbox_only":
-            text += f"; sandbox **{p.get('backend', '-')}**, no model (run this code)"
-        elif p.get("backend"):
-            text += f"; review **{p.get('review_mode', '-')}**, sandbox **{p.get('backend', '-')}**"
+        route = cast(RoutePayload, p)
+        text = f"{KIND_ICON['route']} route: {route.get('reason', '')}"
+        if route.get("mode") == "sandbox_only":
+            text += f"; sandbox **{route.get('backend', '-')}**, no model (run this code)"
+        elif route.get("backend"):
+            text += f"; review **{route.get('review_mode', '-')}**, sandbox **{route.get('backend', '-')}**"
         st.markdown(text)
         return
     if e.kind == "error":
         st.error(f"{label}: {p.get('message')}")
         return
     if e.kind == "evaluate":
-        box = st.success if p.get("passed") else st.warning
-        box(f"{label}: {'PASSED' if p.get('passed') else 'FAILED'} "
-            f"{p.get('total', 0) - len(p.get('failed') or [])}/{p.get('total', 0)} checks")
-        for f in (p.get("failed") or [])[:20]:
+        ev = cast(EvaluatePayload, p)
+        box = st.success if ev.get("passed") else st.warning
+        box(f"{label}: {'PASSED' if ev.get('passed') else 'FAILED'} "
+            f"{ev.get('total', 0) - len(ev.get('failed') or [])}/{ev.get('total', 0)} checks")
+        for f in (ev.get("failed") or [])[:20]:
             st.markdown(f"- `{f}`")
         return
     with st.expander(label, expanded=e.kind in ("execute",)):
         if e.kind in ("generate", "review", "optimize"):
-            used = set(p.get("bullet_ids") or [])
-            st.markdown(f"**prompt tokens** {p.get('prompt_tokens', 0):,} · **completion tokens** "
-                        f"{p.get('completion_tokens', 0):,} · **bullets used** "
+            gen = cast(GeneratePayload, p)
+            used = set(gen.get("bullet_ids") or [])
+            st.markdown(f"**prompt tokens** {gen.get('prompt_tokens', 0):,} · **completion tokens** "
+                        f"{gen.get('completion_tokens', 0):,} · **bullets used** "
                         + (", ".join(f"`{b}`" for b in sorted(used)) if used else "none"))
-            if p.get("retrieved"):
+            if gen.get("retrieved"):
                 st.caption("Bullets retrieved into the prompt, with their ranking signals")
                 st.dataframe(_retrieved_rows(p, used), hide_index=True, width="stretch",
                              column_config={c: st.column_config.NumberColumn(c, format="%.3f")
                                             for c in ("score", "semantic", "lexical", "counters", "provenance")})
-            if any(re.search(r"^\[[A-Za-z0-9_.-]+\] helpful=", str(m.get("content", "")), re.M)
-                   for m in p.get("messages") or []):
+            prompts = [str(m.get("content", "")) for m in gen.get("messages") or []]
+            if any(line_id(line) for text in prompts for line in text.splitlines()):
                 st.html(highlight_legend())
-            for m in p.get("messages") or []:
+            for m in gen.get("messages") or []:
                 st.caption(f"{m.get('role', '')} message")
                 st.html(highlight_bullets(str(m.get("content", "")), used))
-            if p.get("reasoning"):
-                st.markdown(f"**Reasoning** {p['reasoning']}")
-            if p.get("code"):
-                st.code(p["code"], language=language)
+            if gen.get("reasoning"):
+                st.markdown(f"**Reasoning** {gen['reasoning']}")
+            if gen.get("code"):
+                st.code(gen["code"], language=language)
         elif e.kind == "execute":
-            ex = p.get("execution") or {}
-            st.code(p.get("code", ""), language=p.get("language", language))
+            run = cast(ExecutePayload, p)
+            ex = run.get("execution") or {}
+            st.code(run.get("code", ""), language=run.get("language", language))
             st.caption(f"exit {ex.get('exit_code')}" + (" · TIMED OUT" if ex.get("timed_out") else "")
                        + (" · output truncated" if ex.get("truncated") else "")
-                       + f" · isolation: {p.get('isolation', '?')}")
+                       + f" · isolation: {run.get('isolation', '?')}")
             out, err = "".join(ex.get("logs", {}).get("stdout", [])), "".join(ex.get("logs", {}).get("stderr", []))
             er = ex.get("error") or {}
             if er:
@@ -231,7 +245,8 @@ def render_event(e: Any, language: str = "python") -> None:
                 if r.get("png"):
                     st.image(base64.b64decode(r["png"]))
         elif e.kind == "reflect":
-            r = p.get("reflection") or {}
+            refl = cast(ReflectPayload, p)
+            r = refl.get("reflection") or {}
             for k in ("error_identification", "root_cause_analysis", "correct_approach", "key_insight"):
                 if r.get(k):
                     st.markdown(f"**{k.replace('_', ' ').capitalize()}**: {r[k]}")
@@ -239,19 +254,21 @@ def render_event(e: Any, language: str = "python") -> None:
             if tags:
                 st.markdown("**Bullets tagged**: " + ", ".join(f"`{t.get('id')}` {t.get('tag')}" for t in tags))
         elif e.kind == "curate":
-            cur = p.get("curation") or {}
+            cur = cast(CuratePayload, p).get("curation") or {}
             ops = cur.get("operations") or []
             if cur.get("reasoning"):
                 st.caption(cur["reasoning"])
             st.markdown("\n".join(_op_line(op) for op in ops) if ops else "No operations proposed.")
         elif e.kind == "apply":
-            results = p.get("results") or []
-            if p.get("status") == "pending":
-                st.markdown(f"{p.get('operations', 0)} op(s) wait for review in delta `{p.get('delta_id')}`.")
-            elif p.get("version") is not None:
-                st.markdown(f"Applied {len(results)} op(s) as version **{p['version']}** (delta `{p.get('delta_id')}`): "
+            ap = cast(ApplyPayload, p)
+            results = ap.get("results") or []
+            if ap.get("status") == "pending":
+                st.markdown(f"{ap.get('operations', 0)} op(s) wait for review in delta `{ap.get('delta_id')}`.")
+            elif ap.get("version") is not None:
+                st.markdown(f"Applied {len(results)} op(s) as version **{ap['version']}** "
+                            f"(delta `{ap.get('delta_id')}`): "
                             + ", ".join(f"{r.get('type')} `{r.get('bullet_id')}`" for r in results))
-            for r in p.get("rejected") or []:
+            for r in ap.get("rejected") or []:
                 st.markdown(f"- not applied: {r}")
             st.json(p, expanded=False)
         else:
@@ -267,7 +284,8 @@ def render_trace(episode_id: str) -> None:
     st.markdown(f"#### {STATUS_ICON.get(ep.status, '')} {ep.status} · `{ep.id}`")
     st.markdown(f"**Task** {ep.task}")
     st.caption(f"playbook `{ep.playbook_id}` · {ep.language} · "
-               + ("run this code (no model)" if sandbox_only else f"model `{ep.model or '-'}` · review {ep.review_mode}")
+               + ("run this code (no model)" if sandbox_only
+                  else f"model `{ep.model or '-'}` · review {ep.review_mode}")
                + f" · created {ep.created_at:%Y-%m-%d %H:%M:%S}")
     if sandbox_only:
         c = st.columns(4)

@@ -97,7 +97,8 @@ class Curator(Protocol):
 
 def _attempt_text(a: Attempt) -> str:
     verdict = "PASSED" if a.passed else "FAILED"
-    return f"--- attempt {a.number} ({verdict}) ---\nCode:\n```\n{clip(a.code)}\n```\nExecution feedback:\n{clip(a.feedback)}"
+    return (f"--- attempt {a.number} ({verdict}) ---\nCode:\n```\n{clip(a.code)}\n```\n"
+            f"Execution feedback:\n{clip(a.feedback)}")
 
 
 class LLMGenerator:

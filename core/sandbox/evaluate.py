@@ -58,7 +58,7 @@ class _Source:
 
     def segment(self, node: ast.AST) -> str | None:
         try:
-            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined,operator]
+            first, last = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]  # positioned nodes only
             start, end = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
         except AttributeError:
             return None

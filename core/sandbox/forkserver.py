@@ -58,14 +58,16 @@ _spawner_lock = threading.Lock()
 def _spawner_loop() -> None:
     while True:
         try:
-            fn, fut = _spawn_queue.get(timeout=IDLE_SECONDS / 4)
+            job = _spawn_queue.get(timeout=IDLE_SECONDS / 4)
         except queue.Empty:
-            fn, fut = None, None
-        if fut is not None and fut.set_running_or_notify_cancel():
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                fut.set_exception(exc)
+            job = None
+        if job is not None:
+            fn, fut = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
         try:
             reap_idle()
         except Exception:  # noqa: BLE001 - this thread must live: servers die with it

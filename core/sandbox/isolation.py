@@ -169,7 +169,8 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     sources = binds()
     for dest, src in sources.items():
         argv += ["--ro-bind", str(src), dest]
-    if SANDBOX_PYTHON_PREFIX in sources and (sources[SANDBOX_PYTHON_PREFIX] / "lib" / _PY_VER / "site-packages").is_dir():
+    prefix_source = sources.get(SANDBOX_PYTHON_PREFIX)
+    if prefix_source is not None and (prefix_source / "lib" / _PY_VER / "site-packages").is_dir():
         # hide the interpreter's own global packages (and their .pth hooks)
         argv += ["--tmpfs", f"{SANDBOX_PYTHON_PREFIX}/lib/{_PY_VER}/site-packages"]
     if spec.code_fd is not None:
@@ -203,15 +204,16 @@ def probe() -> tuple[str | None, str]:
         with uid_slot() as uid:
             argv = bwrap_argv(bwrap, spec) + [sandbox_python()[1], "-I", "-S", "-c", "print('ok')"]
             argv, user = as_host_uid(argv, uid)
-            proc = subprocess.run(argv, capture_output=True, timeout=30, pass_fds=(code_fd,), env={"PATH": "/usr/bin:/bin"},
-                                  stdin=subprocess.DEVNULL, **user)
+            proc = subprocess.run(argv, capture_output=True, timeout=30, pass_fds=(code_fd,),
+                                  env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, **user)
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"bubblewrap could not start: {exc}"
     finally:
         os.close(code_fd)
     if proc.returncode != 0 or proc.stdout.strip() != b"ok":
         err = proc.stderr.decode(errors="replace").strip()[-500:]
-        return None, f"bubblewrap failed here ({err or 'exit ' + str(proc.returncode)}); user namespaces may be disabled"
+        reason = err or f"exit {proc.returncode}"
+        return None, f"bubblewrap failed here ({reason}); user namespaces may be disabled"
     return bwrap, "ok"
 
 

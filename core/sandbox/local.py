@@ -123,27 +123,30 @@ class LocalSandbox:
         if lang == "python" and "matplotlib" in code and self._bwrap is not None:
             font_cache(self)
         limits = self.limits(lang, timeout)
-        if self._bwrap is None:
+        bwrap = self._bwrap
+        if bwrap is None:
             captured = self._run_unisolated(code, lang, limits, timeout, on_stdout, on_stderr)
         elif lang == "python" and self.reuse:
-            captured = self._run_forked(code, limits, timeout, on_stdout, on_stderr)
+            captured = self._run_forked(bwrap, code, limits, timeout, on_stdout, on_stderr)
         else:
-            captured = self._run_isolated(code, lang, limits, timeout, on_stdout, on_stderr)
+            captured = self._run_isolated(bwrap, code, lang, limits, timeout, on_stdout, on_stderr)
         return to_execution(captured, lang, timeout)
 
-    def _run_forked(self, code, limits, timeout, on_stdout, on_stderr) -> Captured:
+    def _run_forked(self, bwrap: str, code: str, limits: dict[str, int], timeout: float,
+                    on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> Captured:
         from core.sandbox import forkserver
 
-        pool = forkserver.pool_for(self._bwrap, self.disk_mb)
+        pool = forkserver.pool_for(bwrap, self.disk_mb)
         spec = ",".join(f"{k}={v}" for k, v in limits.items())
         try:
             return pool.run(code, "/home/user/main.py", spec, timeout=timeout, max_output=self.max_output,
                             on_stdout=on_stdout, on_stderr=on_stderr)
         except (forkserver.ServerDied, RuntimeError, OSError) as exc:  # no server: a fresh sandbox still works
             log.warning("sandbox fork server unavailable (%s); running in a fresh sandbox", exc)
-            return self._run_isolated(code, "python", limits, timeout, on_stdout, on_stderr)
+            return self._run_isolated(bwrap, code, "python", limits, timeout, on_stdout, on_stderr)
 
-    def _run_isolated(self, code, lang, limits, timeout, on_stdout, on_stderr) -> Captured:
+    def _run_isolated(self, bwrap: str, code: str, lang: str, limits: dict[str, int], timeout: float,
+                      on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> Captured:
         read_fd, write_fd = os.pipe()
         code_fd = os.memfd_create("ace-code")
         os.write(code_fd, code.encode())
@@ -151,7 +154,7 @@ class LocalSandbox:
         path = "/home/user/main" + SUFFIX[lang]
         spec = iso.SandboxSpec(disk_mb=self.disk_mb, code_fd=code_fd, code_path=path)
         with iso.uid_slot() as host_uid:
-            argv = iso.bwrap_argv(self._bwrap, spec)
+            argv = iso.bwrap_argv(bwrap, spec)
             argv += launcher_argv(iso.sandbox_python()[1], iso.SANDBOX_ACE, limits, lang, path, write_fd)
             argv, user = iso.as_host_uid(argv, host_uid)
             try:
@@ -163,7 +166,8 @@ class LocalSandbox:
             finally:
                 os.close(code_fd)
 
-    def _run_unisolated(self, code, lang, limits, timeout, on_stdout, on_stderr) -> Captured:
+    def _run_unisolated(self, code: str, lang: str, limits: dict[str, int], timeout: float,
+                        on_stdout: OutputCallback | None, on_stderr: OutputCallback | None) -> Captured:
         import tempfile
 
         read_fd, write_fd = os.pipe()
@@ -187,7 +191,7 @@ class LocalSandbox:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def launcher_argv(python: str, ace_dir: str, limits: dict, lang: str, path: str, fd: int) -> list[str]:
+def launcher_argv(python: str, ace_dir: str, limits: dict[str, int], lang: str, path: str, fd: int) -> list[str]:
     spec = ",".join(f"{k}={v}" for k, v in limits.items())
     return [python, "-I", "-S", f"{ace_dir}/launcher.py", spec, lang, path, str(fd)]
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 GRACE_AFTER_EXIT = 0.5  # seconds to wait for pipes to close after exit
 DRAIN_AFTER_KILL = 2.0  # after the kill, EOF on every pipe means every writer is dead
@@ -178,7 +179,7 @@ def run_captured(
     max_channel: int = 32 << 20,
     on_stdout: Callable[[str], None] | None = None,
     on_stderr: Callable[[str], None] | None = None,
-    **popen: object,
+    **popen: Any,
 ) -> Captured:
     """Start `argv`, collect stdout/stderr (and an optional result pipe) until exit or deadline.
 
@@ -190,11 +191,13 @@ def run_captured(
     deadline = start + timeout
     proc = subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, **popen,  # type: ignore[arg-type]
+        start_new_session=True, **popen,
     )
+    assert proc.stdout is not None and proc.stderr is not None  # both are pipes
+    stdout, stderr = proc.stdout, proc.stderr
     if channel_write_fd is not None:
         os.close(channel_write_fd)
-    reader = Reader(out, proc.stdout.fileno(), proc.stderr.fileno(), channel_fd,  # type: ignore[union-attr]
+    reader = Reader(out, stdout.fileno(), stderr.fileno(), channel_fd,
                     max_output, max_channel, on_stdout, on_stderr)
     exited_at: float | None = None
     try:
@@ -218,8 +221,8 @@ def run_captured(
         reader.drain(DRAIN_AFTER_KILL)
         reader.finish()
         proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        stdout.close()
+        stderr.close()
         if channel_fd is not None:
             os.close(channel_fd)
     out.exit_code = proc.returncode

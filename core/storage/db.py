@@ -11,7 +11,6 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-
 from typing import Any, Optional
 
 from sqlalchemy import Connection, Table, event, insert, text, update
@@ -36,7 +35,7 @@ def is_sqlite(engine: Engine) -> bool:
 
 def _install_sqlite_hooks(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -46,7 +45,7 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn):  # type: ignore[no-untyped-def]
+    def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -197,7 +196,9 @@ class RowWriter:
         table = type(row).__table__  # type: ignore[attr-defined]
         values = _row_values(row)
         if self.core is not None:
-            return self.core.execute(insert(table).values(**values)).inserted_primary_key[0]
+            key = self.core.execute(insert(table).values(**values)).inserted_primary_key
+            assert key is not None  # a single-row INSERT always reports its key
+            return key[0]
         sql = f"INSERT INTO {table.name} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})"
         return run_raw(self.conn, sql, tuple(self._values(table, values).values())).lastrowid
 

@@ -240,8 +240,8 @@ def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]))
     ctl.set_inheritable(False)
     set_dumpable(False)
-    sys.stdout.reconfigure(line_buffering=True)
-    sys.stderr.reconfigure(line_buffering=True)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # a TextIOWrapper at start-up
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     site = os.environ.get("ACE_SITE_PACKAGES")
     if site:
         sys.path.append(site)

@@ -76,7 +76,7 @@ def run_python(path: str) -> int:
     sys.path[:0] = [os.path.dirname(path)]
     main = type(sys)("__main__")
     main.__file__ = path
-    main.__builtins__ = __builtins__
+    main.__builtins__ = __builtins__  # type: ignore[attr-defined]  # a module object takes any attribute
     sys.modules["__main__"] = main
     with open(path, encoding="utf-8") as fh:
         source = fh.read()
@@ -153,8 +153,9 @@ def main() -> None:
     set_limits(limits)
     os.environ["ACE_RESULT_FD"] = fd
     if language == "python":
-        sys.stdout.reconfigure(line_buffering=True)  # live lines for streaming, whole lines per write
-        sys.stderr.reconfigure(line_buffering=True)
+        # live lines for streaming, whole lines per write (both are TextIOWrappers at start-up)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         site = os.environ.get("ACE_SITE_PACKAGES")
         if site:
             sys.path.append(site)

@@ -1,14 +1,13 @@
 """initial schema: playbooks, bullets, versions, deltas, episodes, trace, jobs; FTS5 on SQLite
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-21 21:42:19.327468
 """
 
-from alembic import op
 import sqlalchemy as sa
-import sqlmodel
-
+import sqlmodel.sql.sqltypes
+from alembic import op
 
 revision = '0001'
 down_revision = None
