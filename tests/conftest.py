@@ -1,24 +1,39 @@
-"""Shared fixtures: a real SQLite file per test, settings from a clean environment."""
+"""Shared fixtures: a real SQLite file per test, settings from a clean environment, the real local
+sandbox, the service app. Plain helpers (wait_for, free_port) are in tests/support.py."""
 
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from core import config
 from core.storage import db
 
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from core.sandbox.local import LocalSandbox
+
 # Nothing a test does may reach a real model or cloud with real keys.
 for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_TOKEN", "ACE_MODEL"):
     os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _job_handlers() -> None:
+    """Tests run jobs as every entry point does: with each job kind's handler registered first."""
+    from core import worker
+
+    worker.register_handlers()
 
 
 @pytest.fixture(autouse=True)
 def _no_leftover_worker() -> Iterator[None]:
     """A worker thread started by one test (the app, the service) must not take the next test's jobs."""
     yield
-    from core.jobs import queue as jobs
+    from core import jobs
 
     jobs.stop_background_worker()
 
@@ -26,13 +41,13 @@ def _no_leftover_worker() -> Iterator[None]:
 @pytest.fixture()
 def fresh_retrieval() -> Iterator[None]:
     """No embedder, retrieval index or query expansion cached by an earlier test, none left for the next."""
-    from core.retrieval import embeddings
-    from core.retrieval import search as retrieval
+    from core import retrieval
+    from core.retrieval import embeddings, expansion
 
     def reset() -> None:
         embeddings.reset_embedders()
         retrieval.clear_cache()
-        retrieval._expansions.clear()
+        expansion.clear_expansions()
 
     reset()
     yield
@@ -82,3 +97,42 @@ def fake_llm(monkeypatch: pytest.MonkeyPatch, db_url: str):
     fake.stop()
     llm.reset_mode_cache()
     config.reset_settings()
+
+
+@pytest.fixture()
+def client(db_url: str) -> "Iterator[TestClient]":
+    """The service app through FastAPI's TestClient, on a fresh database, with no worker thread."""
+    from fastapi.testclient import TestClient
+
+    from core.service.app import create_app
+
+    with TestClient(create_app(start_worker=False)) as c:
+        yield c
+
+
+# ------------------------------------------------------------------ the local sandbox
+
+SANDBOX_MODES = ("fresh", "forkserver")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes `sb` runs once per sandbox mode: "fresh" starts a new bubblewrap sandbox
+    for each run, "forkserver" forks each run from a long-lived one. A module that is about one mode
+    names it: `SANDBOX_MODES = ("forkserver",)`."""
+    if "sb" in metafunc.fixturenames:
+        modes = getattr(metafunc.module, "SANDBOX_MODES", SANDBOX_MODES)
+        metafunc.parametrize("sb", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def sb(request: pytest.FixtureRequest) -> "LocalSandbox":
+    """The local sandbox with full isolation (never a fallback), in the mode given by `request.param`."""
+    from core.config import load_settings
+    from core.sandbox.local import LocalSandbox
+
+    mode = request.param
+    assert mode in SANDBOX_MODES, mode
+    box = LocalSandbox(load_settings(env={}), reuse=mode == "forkserver")
+    assert box.isolation.startswith("bubblewrap"), box.isolation  # full isolation, not a fallback
+    assert box.reuse == (mode == "forkserver") and (("fork server" in box.isolation) == box.reuse), box.isolation
+    return box

@@ -1,21 +1,21 @@
 """Every page in AppTest, on an empty and on a populated database."""
 
-import time
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 from streamlit.testing.v1 import AppTest
 
-from core.playbook import deltas as P
+from core import playbook as P
+from core.loop import TaskSpec, run_episode
 from core.storage.db import read_session
-from core.episodes.loop import TaskSpec, run_episode
 from core.storage.models import Delta, DeltaOp
 from tests.scripted import add, cur, gen, refl
+from tests.support import wait_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ["app_pages/playground.py", "app_pages/trace.py", "app_pages/reflection.py", "app_pages/playbook.py", "app_pages/learning.py",
-         "app_pages/benchmarks.py"]
+PAGES = ["app_pages/playground.py", "app_pages/trace.py", "app_pages/reflection.py", "app_pages/playbook.py",
+         "app_pages/learning.py", "app_pages/benchmarks.py"]
 
 
 def app(page: str | None = None, **params: str) -> AppTest:
@@ -72,7 +72,7 @@ def test_pages_on_a_populated_database(populated, page: str) -> None:
 def test_trace_shows_the_steps(populated) -> None:
     at = app("app_pages/trace.py", episode=populated["episode"])
     labels = [e.label for e in at.expander]
-    assert any("generate" in l for l in labels) and any("execute" in l for l in labels)
+    assert any("generate" in label for label in labels) and any("execute" in label for label in labels)
     assert any("FAILED" in w.value for w in at.warning) and any("PASSED" in s.value for s in at.success)
 
 
@@ -123,9 +123,8 @@ def test_sandbox_only_run_from_the_playground(db_url, monkeypatch) -> None:
 
     ep = views.get_episode(at.query_params["episode"])
     assert ep is not None and ep.mode == "sandbox_only" and ep.code == "print('hi from the sandbox')"
-    deadline = time.monotonic() + 60  # the in-app worker runs it in the background
-    while views.get_episode(ep.id).status in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: views.get_episode(ep.id).status not in ("queued", "running"), timeout=60, interval=0.2,
+             message="the in-app worker never finished the episode")  # it runs in the background
     assert views.get_episode(ep.id).status == "succeeded"
 
 
@@ -140,8 +139,7 @@ def test_version_diff_and_restore(populated) -> None:
 
 
 def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
-    from core.bench import runner as bench
-    from core.jobs import queue as jobs
+    from core import bench, jobs
 
     fake_llm.default = lambda req: _bench_reply(req)
     run_id = bench.start_bench("python", epochs=1, split=0.5, limit=2, concurrency=1)

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from core.bench import runner as bench
-from core.jobs import queue as jobs
-from core.storage.db import read_session
-from core.storage.models import BenchResult, BenchRun, Delta, Episode, Event
+from core import bench, jobs
+from core.bench import runner  # the module under test: its private _claim is tested directly
+from core.bench.suites import SuiteError, add_suite, humaneval_tasks, list_suites, load_suite, parse_jsonl
 from core.sandbox import get_sandbox
 from core.sandbox.evaluate import evaluate
-from core.bench.suites import SuiteError, add_suite, humaneval_tasks, list_suites, load_suite, parse_jsonl
+from core.storage.db import read_session
+from core.storage.models import BenchResult, BenchRun, Delta, Episode, Event
 from tests.fake_llm import Delay
 from tests.scripted import add, cur, gen, refl
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSON = "GUARD: return 0 for an empty list before dividing"
@@ -175,17 +175,20 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
     fake_llm.default = router(delay=0.3)
     run_id = bench.create_run(str(suite_file), epochs=1, split=0.5, concurrency=2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli.main", "bench", "--resume", run_id], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "bench", "--resume", run_id], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def four_results() -> bool:
+        if len(bench.results(run_id)) >= 4:
+            return True
+        assert proc.poll() is None, proc.stderr.read().decode()
+        return False
+
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if len(bench.results(run_id)) >= 4:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
+        wait_for(four_results, timeout=40, message="the run never stored 4 results")
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # killed mid-run (and never left running after a failure)
         proc.wait(10)
     before = {(r.arm, r.phase, r.epoch, r.task_key): r for r in bench.results(run_id)}
     assert 4 <= len(before) < 12 and bench.get_run(run_id).status == "running"
@@ -215,20 +218,23 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
 
 
 def test_a_task_claimed_elsewhere_leaves_no_episode_behind(suite_file: Path) -> None:
-    """The episode and its claim are one transaction: a lost claim stores neither, a kill between them cannot split them."""
-    from core.episodes.loop import TaskSpec, new_episode
+    (
+        "The episode and its claim are one transaction: a lost claim stores neither, "
+        "a kill between them cannot split them."
+    )
+    from core.loop import TaskSpec, new_episode
 
     run_id = bench.create_run(str(suite_file), epochs=1, split=0.5)
     unit = bench.Unit("baseline", "test", 0, load_suite(str(suite_file)).tasks[0])
     first, second = (new_episode(TaskSpec(task="t", playbook_id="p", bench_run_id=run_id)) for _ in range(2))
-    assert bench._claim(run_id, unit, first, None) is True
-    assert bench._claim(run_id, unit, second, None) is False  # the row exists: another runner has the task
+    assert runner._claim(run_id, unit, first, None) is True
+    assert runner._claim(run_id, unit, second, None) is False  # the row exists: another runner has the task
     with read_session() as ses:
         stored = [e.id for e in ses.exec(select(Episode).where(Episode.bench_run_id == run_id))]
         rows = list(ses.exec(select(BenchResult).where(BenchResult.run_id == run_id)))
     assert stored == [first.id] and [(r.episode_id, r.error) for r in rows] == [(first.id, bench.RUNNING)]
     retry = new_episode(TaskSpec(task="t", playbook_id="p", bench_run_id=run_id))
-    assert bench._claim(run_id, unit, retry, rows[0]) is True  # a resumed run re-points the row at its new episode
+    assert runner._claim(run_id, unit, retry, rows[0]) is True  # a resumed run re-points the row at its new episode
     with read_session() as ses:
         assert ses.get(BenchResult, rows[0].id).episode_id == retry.id
 
@@ -277,8 +283,8 @@ def test_review_workflow_runs_in_a_benchmark(fake_llm, suite_file: Path) -> None
 def test_a_dead_worker_leaves_the_run_queued_for_resume_then_failed(db_url, suite_file: Path, settings_env) -> None:
     from datetime import timedelta
 
-    from core.storage.db import write_session
     from core.llm.client import LLMNotConfigured
+    from core.storage.db import write_session
     from core.storage.models import Job, utcnow
 
     with pytest.raises(LLMNotConfigured):

@@ -7,9 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from core.service.client import (ACEClient, ACEConnectionError, ACEHTTPError, ACETimeout, AsyncACEClient,
-                         LearnJobFailed)
 from core.service.app import create_app
+from core.service.client import ACEClient, ACEConnectionError, ACEHTTPError, ACETimeout, AsyncACEClient, LearnJobFailed
 from tests.test_service_support import ThreadServer, free_port
 
 
@@ -59,8 +58,7 @@ def test_token_is_sent(db_url: str, settings_env: Any) -> None:
 
 
 def test_wait_for_learn_raises_on_failure(db_url: str) -> None:
-    import core.worker  # noqa: F401
-    from core.jobs import queue as jobs
+    from core import jobs
 
     with ThreadServer(create_app(start_worker=False)) as srv, ACEClient(srv.base_url) as ace:
         jid = ace.learn("bot", "task", "trajectory")  # no model configured: the job fails

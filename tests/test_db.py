@@ -1,12 +1,12 @@
 """The hot write path (`row_writer`) must store exactly what the ORM would, and nothing on failure."""
 
-from datetime import timezone
+from datetime import UTC
 
 import pytest
 from sqlmodel import func, select
 
+from core.loop import TaskSpec, create_episode
 from core.storage import db
-from core.episodes.loop import TaskSpec, create_episode
 from core.storage.models import Episode, Event, LLMCall, utcnow
 
 
@@ -25,7 +25,7 @@ def test_row_writer_round_trips_types_the_orm_reads(db_url: str) -> None:
         got = s.get(Episode, ep.id)
         call = s.exec(select(LLMCall).where(LLMCall.episode_id == ep.id)).one()
     assert ev.payload == {"a": [1, "é", None], "b": {"c": 1.5}} and ev.started_at == when
-    assert ev.started_at.tzinfo is not None and ev.started_at.utcoffset() == timezone.utc.utcoffset(None)
+    assert ev.started_at.tzinfo is not None and ev.started_at.utcoffset() == UTC.utcoffset(None)
     assert got.success is True and got.finished_at == when and got.tokens == 7
     assert call.messages == [{"role": "user", "content": "x"}] and call.prompt_tokens == 3
     # stored exactly as the ORM stores it (SQLite text without a zone), so SQL comparisons and sorts agree

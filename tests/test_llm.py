@@ -5,10 +5,10 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from core import config
-from core.storage.db import read_session
 from core.llm.client import LLMClient, LLMError, LLMNotConfigured, LLMOutputError
-from core.storage.models import LLMCall
 from core.roles.llm_roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
+from core.storage.db import read_session
+from core.storage.models import LLMCall
 from tests.fake_llm import Delay, Status
 
 

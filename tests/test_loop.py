@@ -3,11 +3,12 @@ openai client against the fake OpenAI-compatible server."""
 
 from sqlmodel import select
 
-from core.playbook import deltas as P
-from core.storage.db import read_session
-from core.episodes.loop import TaskSpec, episode_events, extract_bullet_ids, learn, run_episode
-from core.storage.models import Delta, Episode, LLMCall, Reflection
+from core import playbook as P
+from core.loop import TaskSpec, episode_events, learn, run_episode
+from core.playbook.lines import marked_bullet_ids as extract_bullet_ids
 from core.playbook.routing import route
+from core.storage.db import read_session
+from core.storage.models import Delta, Episode, LLMCall, Reflection
 from tests.fake_llm import Status
 from tests.scripted import add, cur, gen, refl
 

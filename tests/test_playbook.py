@@ -1,14 +1,14 @@
 import json
 
 import pytest
+from sqlmodel import select
 
-from core.playbook import deltas as P
+from core import playbook as P
 from core.playbook import portability as X
 from core.playbook import versions as V
+from core.playbook.ops import DeltaError
 from core.storage.db import read_session
 from core.storage.models import Delta, DeltaOp
-from core.playbook.ops import DeltaError
-from sqlmodel import select
 
 
 @pytest.fixture()
@@ -200,7 +200,10 @@ def test_json_export_import_round_trip(pb: str) -> None:
     n, _ = X.import_playbook("copy", data)
     assert n == 3
     a, b = json.loads(data), json.loads(X.export_json("copy"))
-    strip = lambda d: [{k: v for k, v in x.items() if k not in ("created_at", "updated_at")} for x in d["bullets"]]
+
+    def strip(d):
+        return [{k: v for k, v in x.items() if k not in ("created_at", "updated_at")} for x in d["bullets"]]
+
     assert strip(a) == strip(b)
     r = P.apply_delta("copy", [{"type": "ADD", "content": "A new bullet after import about generators"}])
     assert r.results[0].bullet_id == "py-00004"
@@ -298,10 +301,10 @@ def test_curator_dedup_sees_adds_earlier_in_the_same_delta(pb: str) -> None:
 
 
 def test_dedup_ranks_with_the_in_memory_index_when_it_is_current(pb: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.retrieval import search as R
+    from core.retrieval import fts
 
     P.retrieve(pb, "sort a dictionary", 5)  # builds the in-memory index at the current version
-    monkeypatch.setattr(R, "_lexical_rows", lambda *a, **k: pytest.fail("FTS5 queried though the index is current"))
+    monkeypatch.setattr(fts, "fts_rows", lambda *a, **k: pytest.fail("FTS5 queried though the index is current"))
     _, res = P.submit_delta(pb, [{"type": "ADD", "content": "Sort dictionaries by value: sorted(d.items(), "
                                                           "key=lambda kv: kv[1])"}], auto=True)
     assert res is not None and [x.type for x in res.results] == ["TAG"] and res.results[0].bullet_id == "py-00002"
@@ -322,6 +325,7 @@ def test_dedup_judges_bullets_as_the_delta_left_them(pb: str, warm: bool) -> Non
     assert res is not None and [x.type for x in res.results] == ["UPDATE", "ADD"]
     # a rejected op in between (its lookup flushes the session) must not hide an earlier ADD
     twin = "Prefer pathlib.Path over os.path for building file paths"
-    _, res = P.submit_delta(pb, [{"type": "ADD", "content": twin}, {"type": "TAG", "bullet_id": "py-09999", "tag": "helpful"},
+    _, res = P.submit_delta(pb, [{"type": "ADD", "content": twin},
+                                 {"type": "TAG", "bullet_id": "py-09999", "tag": "helpful"},
                                  {"type": "ADD", "content": twin + "."}], auto=True)
     assert res is not None and [x.type for x in res.results] == ["ADD", "TAG"] and len(res.rejected) == 1

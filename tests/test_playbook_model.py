@@ -17,12 +17,12 @@ from typing import Any, Optional
 import pytest
 from sqlmodel import select
 
-from core.playbook import deltas as P
-from core.retrieval import search as R
+from core import playbook as P
+from core import retrieval as R
 from core.playbook import versions as V
+from core.playbook.ops import DEFAULT_SECTION, DeltaError, normalize_section
 from core.storage.db import read_session
 from core.storage.models import Bullet, BulletRevision, DeltaOp, Playbook, PlaybookVersion
-from core.playbook.ops import DEFAULT_SECTION, DeltaError, normalize_section
 from core.tokens import estimate_tokens
 
 
@@ -68,8 +68,8 @@ class Model:
             if not all(self.live(i) for i in ids):
                 return False
             src = [b[i] for i in ids]
-            new = self._new(M(op["content"], normalize_section(op.get("section") or src[0].section), sum(m.helpful for m in src),
-                              sum(m.harmful for m in src), sum(m.neutral for m in src)))
+            new = self._new(M(op["content"], normalize_section(op.get("section") or src[0].section),
+                              sum(m.helpful for m in src), sum(m.harmful for m in src), sum(m.neutral for m in src)))
             for i in ids:
                 b[i] = replace(b[i], status="removed", merged_into=new)
             return True

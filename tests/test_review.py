@@ -5,11 +5,11 @@ from typing import Any
 
 from sqlmodel import select
 
-from core.playbook import deltas as P
-from core.storage.db import read_session
-from core.episodes.loop import TaskSpec, episode_events, run_episode
-from core.storage.models import Delta, Episode
+from core import playbook as P
 from core.episodes.review import role_playbooks
+from core.loop import TaskSpec, episode_events, run_episode
+from core.storage.db import read_session
+from core.storage.models import Delta, Episode
 from tests.scripted import add, cur, gen, refl
 
 TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"

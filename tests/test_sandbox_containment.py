@@ -1,4 +1,6 @@
-"""Adversarial programs: each must be contained and leave this process healthy."""
+"""Adversarial programs: each must be contained and leave this process healthy.
+
+Every test runs against a fresh sandbox per run and against the fork server (`sb`, conftest.py)."""
 
 import os
 import resource
@@ -10,16 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import PROJECT_ROOT, load_settings
+from core.config import PROJECT_ROOT
 from core.sandbox import forkserver
 from core.sandbox import isolation as iso
-from core.sandbox.local import LocalSandbox
-
-
-@pytest.fixture(scope="module", params=["fresh", "forkserver"])
-def sb(request):
-    """Every test runs against a fresh sandbox per run and against the fork server."""
-    return LocalSandbox(load_settings(env={}), reuse=request.param == "forkserver")
+from tests.support import wait_for
 
 
 def _host_processes_matching(text: str) -> list[int]:
@@ -77,9 +73,8 @@ def _sandbox_uid_processes() -> list[int]:
 
 def _assert_host_healthy() -> None:
     assert subprocess.run(["true"], timeout=10).returncode == 0
-    deadline = time.monotonic() + 3
-    while _sandbox_uid_processes() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: _sandbox_uid_processes() == [], timeout=3,
+             message=lambda: f"sandbox processes outlived their run: {_sandbox_uid_processes()}")
     assert _sandbox_uid_processes() == []
 
 
@@ -214,7 +209,8 @@ def test_filling_the_disk(sb):
 
 
 def test_infinite_loop_ignoring_sigterm(sb):
-    code = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('spinning', flush=True)\nwhile True:\n    pass"
+    code = ("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('spinning', flush=True)\nwhile True:\n    pass")
     t = time.monotonic()
     ex = sb.run(code, timeout=1.5)
     assert ex.timed_out and ex.stdout == "spinning\n"
@@ -227,21 +223,23 @@ def test_setsid_grandchild_cannot_outlive_the_run(sb):
     code = (
         "import subprocess, os\n"
         f"subprocess.Popen(['sh', '-c', 'while true; do echo tick; {tag}; done'], start_new_session=True)\n"
-        "if os.fork() == 0:\n    os.setsid()\n    import time\n    while True:\n        print('daemon', flush=True)\n        time.sleep(0.1)\n"
+        "if os.fork() == 0:\n    os.setsid()\n    import time\n"
+        "    while True:\n        print('daemon', flush=True)\n        time.sleep(0.1)\n"
         "print('parent exits')\n"
     )
     t = time.monotonic()
     ex = sb.run(code, timeout=20)
     assert time.monotonic() - t < 5  # returned when the program ended, not at the deadline
     assert "parent exits" in ex.stdout and not ex.timed_out
-    time.sleep(0.3)
+    wait_for(lambda: _host_processes_matching(tag) == [], timeout=3, message=f"`{tag}` outlived the run")
     assert _host_processes_matching(tag) == []
     _assert_host_healthy()
 
 
 def test_huge_output_is_capped(sb):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    code = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(100 * 1024):\n    sys.stdout.write(line)\nprint('end', file=sys.stderr)"
+    code = ("import sys\nline = 'x' * 1023 + '\\n'\n"
+            "for _ in range(100 * 1024):\n    sys.stdout.write(line)\nprint('end', file=sys.stderr)")
     ex = sb.run(code, timeout=60)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert ex.truncated

@@ -1,5 +1,6 @@
 """The E2B backend through the real SDK in debug mode, against a local fake server."""
 
+import httpx
 import pytest
 
 from core.config import load_settings
@@ -56,7 +57,7 @@ def test_error_path_kills_the_sandbox():
 
     box._sandbox()
     box._sbx.connection_config._sandbox_url = "http://127.0.0.1:9"
-    with pytest.raises(Exception):
+    with pytest.raises(httpx.ConnectError):
         box.run("print(1)")
     assert box._sbx is None
 

@@ -11,12 +11,7 @@ from core.config import load_settings
 from core.sandbox import forkserver
 from core.sandbox.local import LocalSandbox
 
-
-@pytest.fixture(scope="module")
-def sb():
-    box = LocalSandbox(load_settings(env={}), reuse=True)
-    assert box.reuse and "fork server" in box.isolation
-    return box
+SANDBOX_MODES = ("forkserver",)  # `sb` (conftest.py) is the fork server only
 
 
 def _one_server(sb) -> int:
@@ -134,7 +129,7 @@ def test_servers_survive_the_thread_that_started_them(sb):
     th.start()
     th.join()  # bubblewrap's parent-death signal must not fire now
     assert box == ["from a thread\n"]
-    time.sleep(0.2)
+    time.sleep(0.2)  # not a wait for anything: time for a wrong parent-death signal to kill the server
     pids = forkserver.server_pids()
     assert len(pids) == 1
     assert sb.run("print('again')").stdout == "again\n"
@@ -171,8 +166,16 @@ def test_a_server_killed_during_a_run_is_an_error_not_a_success(sb):
     server = _one_server(sb)
     with open(f"/proc/{server}/task/{server}/children") as fh:
         inner = int(fh.read().split()[0])
-    threading.Timer(0.5, os.kill, (inner, 9)).start()
-    ex = sb.run("import time\nprint('started', flush=True)\ntime.sleep(5)\nprint('finished')", timeout=10)
+    killed = threading.Event()
+
+    def kill_once_started(text: str) -> None:  # the program is running: kill its server under it
+        if "started" in text and not killed.is_set():
+            killed.set()
+            os.kill(inner, 9)
+
+    ex = sb.run("import time\nprint('started', flush=True)\ntime.sleep(5)\nprint('finished')", timeout=10,
+                on_stdout=kill_once_started)
+    assert killed.is_set()
     assert not ex.ok and ex.error.name == "KilledError" and not ex.timed_out
     assert ex.stdout == "started\n"
     assert server not in forkserver.server_pids()

@@ -15,13 +15,6 @@ def problems():
     return list(read_problems().values())
 
 
-@pytest.fixture(scope="module", params=["forkserver", "fresh"])
-def sb(request):
-    box = LocalSandbox(load_settings(env={}), reuse=request.param == "forkserver")
-    assert box.isolation.startswith("bubblewrap")  # full isolation, not a fallback
-    return box
-
-
 def _judge(sb, problem, solution):
     return evaluate(sb, problem["prompt"] + solution, "python", tests=problem["test"],
                     entry_point=problem["entry_point"], timeout=10)

@@ -11,13 +11,6 @@ from core.sandbox import isolation as iso
 from core.sandbox.local import LocalSandbox
 
 
-@pytest.fixture(scope="module", params=["fresh", "forkserver"])
-def sb(request):
-    with get_sandbox("local", settings=load_settings(env={})) as box:
-        box.reuse = request.param == "forkserver"  # get_sandbox's default is the fork server for python
-        yield box
-
-
 def test_isolation_is_reported(sb):
     assert sb.isolation.startswith("bubblewrap")
 

@@ -7,19 +7,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from core.playbook import deltas as P
+from core import playbook as P
 from core.playbook import versions as V
 from core.service.app import create_app
 
 PLAYBOOK_KEYS = {"id", "name", "description", "created_at", "modified_at"}
 BULLET_KEYS = {"id", "playbook_id", "content", "metadata", "created_at", "modified_at"}
 META = {"helpful_count", "harmful_count", "neutral_count"}
-
-
-@pytest.fixture()
-def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(start_worker=False)) as c:
-        yield c
 
 
 WORDS = ("apple banana cherry damson elder fig grape hazel iris juniper kiwi lemon mango nectar olive peach quince "
@@ -287,7 +281,8 @@ def test_no_token_by_default(client: TestClient) -> None:
 
 
 def test_cors_preflight(client: TestClient) -> None:
-    r = client.options("/playbooks", headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"})
+    r = client.options("/playbooks",
+                       headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
 
 

@@ -7,7 +7,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from core.playbook import deltas as P
+from core import playbook as P
 from core.config import load_settings
 from core.service.app import create_app
 

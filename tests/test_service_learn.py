@@ -1,21 +1,11 @@
 """episodes/learn end to end: the real job queue and roles against the fake LLM server."""
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-import core.worker  # noqa: F401  (registers the "learn" job kind)
-from core.jobs import queue as jobs
-from core.service.app import create_app
+from core import jobs
 from tests.fake_llm import FakeLLM
-
-
-@pytest.fixture()
-def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(start_worker=False)) as c:
-        yield c
 
 
 def drain() -> int:
@@ -85,12 +75,14 @@ def test_learn_workflow_end_to_end(client: TestClient, fake_llm: FakeLLM) -> Non
 
 def test_used_bullets_come_from_the_markers(client: TestClient, fake_llm: FakeLLM) -> None:
     ids = seed(client, "agent")
-    shown = client.post("/playbooks/agent/embed_prompt", json={"prompt": "HTTP request timeouts", "k": 1}).json()["prompt"]
+    shown = client.post("/playbooks/agent/embed_prompt",
+                        json={"prompt": "HTTP request timeouts", "k": 1}).json()["prompt"]
     assert f"[{ids['http']}]" in shown and f"[{ids['sort']}]" not in shown
     fake_llm.reply(reflection([]), curation())
     # The markers are in the trajectory only; the user_message is the bare task.
     jid = client.post("/playbooks/agent/episodes/learn", json={
-        "user_message": "HTTP request timeouts", "trajectory": f"system: {shown}\nassistant: done"}).json()["learn_job_id"]
+        "user_message": "HTTP request timeouts", "trajectory": f"system: {shown}\nassistant: done",
+    }).json()["learn_job_id"]
     drain()
     assert job(client, "agent", jid)["status"] == "completed"
     user_msg = fake_llm.chat_requests()[0]["messages"][-1]["content"]
@@ -143,7 +135,8 @@ def test_learn_without_a_model_fails_clearly(client: TestClient) -> None:
 
 
 def test_learn_job_lookup_is_per_playbook(client: TestClient) -> None:
-    jid = client.post("/playbooks/one/episodes/learn", json={"user_message": "u", "trajectory": "t"}).json()["learn_job_id"]
+    jid = client.post("/playbooks/one/episodes/learn",
+                      json={"user_message": "u", "trajectory": "t"}).json()["learn_job_id"]
     r = client.get(f"/playbooks/two/episodes/learn/{jid}")
     assert r.status_code == 404 and r.json() == {"detail": "Learn job not found"}
     assert client.get("/playbooks/one/episodes/learn/job-unknown").status_code == 404

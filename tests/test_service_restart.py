@@ -1,6 +1,5 @@
 """A learn job survives the server: real uvicorn processes sharing one SQLite file."""
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +7,7 @@ import httpx
 import pytest
 
 from tests.fake_llm import Delay, FakeLLM
+from tests.support import wait_for
 from tests.test_service_support import kill, output, start_process
 
 REFLECTION = {"reasoning": "r", "error_identification": "", "root_cause_analysis": "", "correct_approach": "",
@@ -28,14 +28,15 @@ def llm_env(fake: FakeLLM) -> dict[str, str]:
 
 
 def wait_status(base: str, pid: str, jid: str, want: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
     job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
+        nonlocal job
         job = httpx.get(f"{base}/playbooks/{pid}/episodes/learn/{jid}", timeout=5).json()["learn_job"]
-        if job["status"] == want:
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {jid} is {job.get('status')}, wanted {want}: {job}")
+        return job if job["status"] == want else None
+
+    return wait_for(reached, timeout=timeout, interval=0.1,
+                    message=lambda: f"job {jid} is {job.get('status')}, wanted {want}: {job}")
 
 
 def test_job_queued_before_a_restart_is_not_lost(tmp_path: Path, fake: FakeLLM) -> None:
@@ -70,9 +71,7 @@ def test_job_running_when_the_server_dies_is_run_again(tmp_path: Path, fake: Fak
         jid = httpx.post(f"{base}/playbooks/agent/episodes/learn",
                          json={"user_message": "u", "trajectory": "t"}, timeout=5).json()["learn_job_id"]
         wait_status(base, "agent", jid, "running")
-        deadline = time.monotonic() + 20
-        while not fake.chat_requests() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(fake.chat_requests, timeout=20, message="the first server never called the model")
         assert fake.chat_requests(), "the first server never called the model"
     finally:
         kill(first)

@@ -2,41 +2,33 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import httpx
 import uvicorn
 
+from tests.support import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 _logs: dict[int, Any] = {}
 SECRET_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_TOKEN", "ACE_MODEL")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_up(base_url: str, timeout: float = 20.0, proc: Optional[subprocess.Popen] = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{output(proc)[-3000:]}")
         try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return
+            return httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{base_url} did not come up in {timeout} s")
+            return False
+
+    wait_for(healthy, timeout=timeout, message=f"{base_url} did not come up")
 
 
 class ThreadServer:

@@ -5,15 +5,15 @@ page land in artifacts/screenshots/ for a person to look at.
 """
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -23,12 +23,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +44,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
                              "--server.port", str(port), "--server.headless", "true"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200:
-                break
+            return httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200
         except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, interval=0.3, message="streamlit did not start")
+    except AssertionError as exc:
         proc.kill()
-        raise RuntimeError("streamlit did not start: " + (proc.stdout.read() or b"").decode()[-2000:])
+        raise RuntimeError(f"{exc}: " + (proc.stdout.read() or b"").decode()[-2000:]) from None
     yield {"url": url, "db": str(db), "delta": delta_id, "env": env}  # type: ignore[dict-item]
     proc.terminate()
     try:
