@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from core.episodes.events import EventSink, TraceEvent
+from core.episodes.events import EventKind, EventSink, TraceEvent
 from core.jobs import Cancelled
 from core.llm.client import deferred_call_log
 from core.sandbox.evaluate import MARKER, Verdict
@@ -57,7 +57,7 @@ class Trace:
     def as_role(self, role: str) -> "Trace":
         return Trace(self.episode_id, self.sink, role, self._lock)
 
-    def emit(self, kind: str, payload: dict[str, Any], attempt: Optional[int] = None,
+    def emit(self, kind: EventKind, payload: dict[str, Any], attempt: Optional[int] = None,
              duration_ms: Optional[float] = None, started_at: Any = None,
              episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
         """Append an event; in the same transaction update the episode and add `rows`."""
@@ -85,7 +85,7 @@ class Trace:
                                      payload=e["payload"]))
 
     @contextmanager
-    def step(self, kind: str, attempt: Optional[int] = None, episode: Optional[dict[str, Any]] = None,
+    def step(self, kind: EventKind, attempt: Optional[int] = None, episode: Optional[dict[str, Any]] = None,
              rows: Optional[list[Any]] = None) -> Iterator[dict[str, Any]]:
         """Time a step; the caller fills the payload (and `episode`/`rows`, written with it at the end)."""
         payload: dict[str, Any] = {}
