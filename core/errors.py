@@ -19,3 +19,10 @@ class Conflict(AceError):
 
 class Invalid(AceError, ValueError):
     """The request itself is wrong: a bad id, empty content, an unknown op type (HTTP 422)."""
+
+
+class Missing(NotFound, KeyError):
+    """A row looked up by its id does not exist; a KeyError too, for callers that caught one before errors had kinds."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

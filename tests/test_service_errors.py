@@ -6,8 +6,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from core.errors import AceError, Conflict, Invalid, NotFound
-from core.jobs.queue import JobNotFound, NotRetryable
+from core.errors import AceError, Conflict, Invalid, Missing, NotFound
+from core.jobs.queue import NotRetryable
 from core.playbook.ops import BulletMissing, DeltaConflict, DeltaError
 from core.service import app as service_app
 from core.service.app import create_app
@@ -28,7 +28,7 @@ KINDS = [
     (DeltaError("the delta has no operations"), 422, "the delta has no operations"),
     (BulletMissing("bullet 'b-1' was removed"), 422, "bullet 'b-1' was removed"),  # in a delta: the delta is invalid
     (DeltaConflict("op id 3 was already approved"), 409, "op id 3 was already approved"),  # Conflict comes first
-    (JobNotFound("job 'j-1' does not exist"), 404, "job 'j-1' does not exist"),  # a KeyError, yet not quoted
+    (Missing("job 'j-1' does not exist"), 404, "job 'j-1' does not exist"),  # a KeyError, yet not quoted
     (NotRetryable("job j-1 is running"), 409, "job j-1 is running"),
 ]
 
@@ -52,8 +52,8 @@ def test_each_kind_answers_its_status_with_the_reference_envelope(kinds_client: 
 def test_typed_errors_stay_what_callers_caught_before() -> None:
     assert issubclass(DeltaError, ValueError) and issubclass(DeltaConflict, DeltaError)
     assert issubclass(BulletMissing, DeltaError) and not issubclass(BulletMissing, NotFound)
-    assert issubclass(JobNotFound, KeyError) and issubclass(NotRetryable, ValueError)
-    assert service_app.error_body(JobNotFound("job 'x' does not exist")) == {"detail": "job 'x' does not exist"}
+    assert issubclass(Missing, KeyError) and issubclass(NotRetryable, ValueError)
+    assert service_app.error_body(Missing("job 'x' does not exist")) == {"detail": "job 'x' does not exist"}
 
 
 def test_a_bullet_removed_after_the_check_is_not_found(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

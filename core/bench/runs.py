@@ -11,7 +11,7 @@ from core import jobs
 from core.bench.config import BenchConfig, split_tasks
 from core.bench.suites import load_suite
 from core.config import get_settings
-from core.storage.db import read_session, row_writer, write_session
+from core.storage.db import fetch, read_session, row_writer, write_session
 from core.storage.models import BenchRun
 
 
@@ -93,12 +93,8 @@ def _job_active(job_id: str) -> bool:
 
 
 def get_run(run_id: str) -> BenchRun:
-    """The run, or KeyError with a message fit to show a user."""
-    with read_session() as s:
-        run = s.get(BenchRun, run_id)
-    if run is None:
-        raise KeyError(f"benchmark run {run_id!r} does not exist")
-    return run
+    """The run, or `Missing` (a KeyError) with a message fit to show a user."""
+    return fetch(BenchRun, run_id, "benchmark run")
 
 
 def set_run(run_id: str, **values: Any) -> None:

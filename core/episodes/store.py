@@ -10,7 +10,7 @@ from core.episodes.spec import TaskSpec
 from core.episodes.trace import EPISODES, Trace
 from core.playbook import get_or_create_playbook, validate_playbook_id
 from core.playbook.routing import route
-from core.storage.db import query_row, read_session, row_writer
+from core.storage.db import fetch, query_row, read_session, row_writer
 from core.storage.models import Delta, Episode, Event
 
 
@@ -77,11 +77,7 @@ def learned_delta(ep: Episode) -> Optional[str]:
 
 
 def load_episode(episode_id: str) -> Episode:
-    with read_session() as s:
-        ep = s.get(Episode, episode_id)
-    if ep is None:
-        raise KeyError(f"episode {episode_id!r} does not exist")
-    return ep
+    return fetch(Episode, episode_id, "episode")
 
 
 # ----------------------------------------------------------------- learning

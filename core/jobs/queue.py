@@ -16,17 +16,13 @@ from typing import Any, Optional
 from sqlmodel import col, select
 
 from core.config import get_settings
-from core.errors import Conflict, NotFound
-from core.storage.db import read_session, row_writer, write_session
+from core.errors import Conflict
+from core.storage.db import fetch, read_session, row_writer, write_session
 from core.storage.models import Job, utcnow
 
 
 class Cancelled(Exception):
     """Raised inside a job when someone asked to cancel it."""
-
-
-class JobNotFound(NotFound, KeyError):
-    """No job has this id; a KeyError too, as callers caught before errors had kinds."""
 
 
 class NotRetryable(Conflict, ValueError):
@@ -106,9 +102,7 @@ def cancel_requested(job_id: Optional[str]) -> bool:
 def cancel(job_id: str) -> str:
     """Queued jobs stop at once; running ones at their next step."""
     with write_session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"job {job_id!r} does not exist")
+        job = fetch(Job, job_id, "job", s)
         if job.status == "queued":
             job.status, job.finished_at, job.error = "cancelled", utcnow(), "cancelled before it started"
         elif job.status == "running":
@@ -120,9 +114,7 @@ def cancel(job_id: str) -> str:
 def retry(job_id: str) -> None:
     """Queue a failed job again (a learn request after the model came back)."""
     with write_session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(f"job {job_id!r} does not exist")
+        job = fetch(Job, job_id, "job", s)
         if job.status not in ("failed", "cancelled"):
             raise NotRetryable(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         job.status, job.error, job.cancel_requested, job.finished_at = "queued", None, False, None

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from sqlalchemy import Connection, Table, event, insert, text, update
 from sqlalchemy.engine import Engine, make_url
@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
 from core.config import get_settings
+from core.errors import Missing
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -88,6 +89,20 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+def fetch(model: type[Row], key: Any, what: str, session: Optional[Session] = None) -> Row:
+    """The row with this primary key, or `Missing` saying "<what> '<key>' does not exist"."""
+    if session is None:
+        with read_session() as s:
+            return fetch(model, key, what, s)
+    row = session.get(model, key)
+    if row is None:
+        raise Missing(f"{what} {key!r} does not exist")
+    return row
 
 
 @contextmanager
