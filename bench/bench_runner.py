@@ -37,7 +37,7 @@ class CannedGenerator:
 
     def generate(self, task: str, language: str, playbook_text: str, previous: list[Any],
                  episode_id: Optional[str] = None) -> Any:
-        from core.roles.llm_roles import GeneratorOutput
+        from core.roles import GeneratorOutput
 
         self.calls += 1
         return _result(GeneratorOutput(code=self.solutions[task], language=language))
@@ -45,14 +45,14 @@ class CannedGenerator:
 
 class SilentReflector:
     def reflect(self, *args: Any, **kwargs: Any) -> Any:
-        from core.roles.llm_roles import ReflectorOutput
+        from core.roles import ReflectorOutput
 
         return _result(ReflectorOutput(key_insight="canned"))
 
 
 class SilentCurator:
     def curate(self, *args: Any, **kwargs: Any) -> Any:
-        from core.roles.llm_roles import CuratorOutput
+        from core.roles import CuratorOutput
 
         return _result(CuratorOutput())
 

@@ -6,7 +6,7 @@ from sqlmodel import select
 
 from core import config
 from core.llm.client import LLMClient, LLMError, LLMNotConfigured, LLMOutputError
-from core.roles.llm_roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
+from core.roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
 from core.storage.db import read_session
 from core.storage.models import LLMCall
 from tests.fake_llm import Delay, Status

@@ -14,7 +14,7 @@ from core.episodes.trace import StepError, Trace, step_name
 from core.playbook import OpIn, bullet_line, ensure_playbook, get_bullet, render, retrieve, submit_delta
 from core.playbook.lines import marked_bullet_ids
 from core.retrieval import similar_pairs
-from core.roles.llm_roles import Attempt
+from core.roles import Attempt
 from core.storage.db import read_session, write_session
 from core.storage.models import Episode, Reflection, utcnow
 

@@ -20,7 +20,7 @@ from core.episodes.spec import EpisodeResult, Roles, TaskSpec
 from core.episodes.store import check_cancel, create_episode, learned_delta, load_episode, update_episode
 from core.episodes.trace import OutputStream, Trace, record_run
 from core.playbook import render, retrieve
-from core.roles.llm_roles import Attempt
+from core.roles import Attempt
 from core.sandbox import get_sandbox
 from core.sandbox.evaluate import evaluate
 from core.storage.models import Episode, utcnow

@@ -27,7 +27,7 @@ from core.episodes.store import check_cancel, create_episode, learned_delta, loa
 from core.episodes.trace import OutputStream, Trace, record_run
 from core.llm.client import LLMClient, LLMResult
 from core.playbook import ensure_playbook, render, retrieve
-from core.roles.llm_roles import (
+from core.roles import (
     Attempt,
     LLMCurator,
     LLMGenerator,

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 
 from core.config import Settings
 from core.llm.client import LLMClient
-from core.roles.llm_roles import Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
+from core.roles import Curator, Generator, LLMCurator, LLMGenerator, LLMReflector, Reflector
 
 
 class TaskSpec(BaseModel):

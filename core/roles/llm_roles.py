@@ -1,98 +1,27 @@
-"""The three ACE roles: Generator, Reflector, Curator.
-
-Each role is a Protocol so the loop can take any implementation (a different
-prompt, another agent's reviewer); the LLM-backed ones here fill templates from
-core/prompts/ and ask the model for the ACE paper's JSON shapes.
-"""
+"""The LLM-backed roles: each fills its templates from core/roles/prompts/ and asks the model for
+its JSON shape (`core.roles.schemas`)."""
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any, Literal, Optional, Protocol
-
-from pydantic import BaseModel, Field
+from typing import Any, Optional
 
 from core.llm.client import LLMClient, LLMResult
-from core.playbook.ops import OpIn
+from core.roles.schemas import (
+    Attempt,
+    CuratorOutput,
+    GeneratorOutput,
+    OptimizerOutput,
+    ReflectorOutput,
+    ReviewerOutput,
+    clip,
+)
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
-MAX_FEEDBACK_CHARS = 4000
 
 
 def prompt(name: str, **values: Any) -> str:
     return Template((PROMPTS / f"{name}.md").read_text()).safe_substitute(**values).strip()
-
-
-# ------------------------------------------------------------------ outputs
-
-
-class GeneratorOutput(BaseModel):
-    reasoning: str = ""
-    bullet_ids: list[str] = Field(default_factory=list)
-    code: str
-    language: str = "python"
-
-
-class BulletTag(BaseModel):
-    id: str
-    tag: Literal["helpful", "harmful", "neutral"]
-
-
-class ReflectorOutput(BaseModel):
-    reasoning: str = ""
-    error_identification: str = ""
-    root_cause_analysis: str = ""
-    correct_approach: str = ""
-    key_insight: str = ""
-    bullet_tags: list[BulletTag] = Field(default_factory=list)
-
-
-class CuratorOutput(BaseModel):
-    reasoning: str = ""
-    operations: list[OpIn] = Field(default_factory=list)
-
-
-# ------------------------------------------------------------------ inputs
-
-
-@dataclass
-class Attempt:
-    """One generate-and-run round, as the Reflector and the next attempt see it."""
-
-    number: int
-    code: str
-    feedback: str  # execution and test feedback, compact text
-    passed: bool
-    bullet_ids: list[str] = field(default_factory=list)
-
-
-def clip(text: str, limit: int = MAX_FEEDBACK_CHARS) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
-
-
-# ------------------------------------------------------------------ protocols
-
-
-class Generator(Protocol):
-    def generate(self, task: str, language: str, playbook_text: str, previous: list[Attempt],
-                 episode_id: Optional[str] = None) -> LLMResult[GeneratorOutput]: ...
-
-
-class Reflector(Protocol):
-    def reflect(self, task: str, attempts: list[Attempt], used_bullets: str, ground_truth: Optional[str],
-                episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[ReflectorOutput]: ...
-
-
-class Curator(Protocol):
-    def curate(self, task: str, reflection: ReflectorOutput, playbook_text: str, outcome: str,
-               episode_id: Optional[str] = None, instructions: str = "") -> LLMResult[CuratorOutput]: ...
-
-
-# ------------------------------------------------------------------ LLM roles
 
 
 def _attempt_text(a: Attempt) -> str:
@@ -153,34 +82,8 @@ class LLMCurator:
         return self.llm.structured(self.role, msgs, CuratorOutput, episode_id)
 
 
-# ------------------------------------------------------------------ review workflow
 # A reviewer reads code and what really happened when it ran; an optimizer
 # rewrites it. Each learns into its own playbook (see core/review.py).
-
-
-class ReviewerOutput(BaseModel):
-    reasoning: str = ""
-    needs_optimization: bool = False
-    issues: list[str] = Field(default_factory=list)
-    suggestions: str = ""
-    bullet_ids: list[str] = Field(default_factory=list)
-
-
-class OptimizerOutput(BaseModel):
-    reasoning: str = ""
-    bullet_ids: list[str] = Field(default_factory=list)
-    code: str
-    language: str = "python"
-
-
-class Reviewer(Protocol):
-    def review(self, task: str, language: str, code: str, feedback: str, playbook_text: str,
-               episode_id: Optional[str] = None) -> LLMResult[ReviewerOutput]: ...
-
-
-class Optimizer(Protocol):
-    def optimize(self, task: str, language: str, code: str, feedback: str, review: ReviewerOutput,
-                 playbook_text: str, episode_id: Optional[str] = None) -> LLMResult[OptimizerOutput]: ...
 
 
 class LLMReviewer:
