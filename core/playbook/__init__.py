@@ -15,15 +15,15 @@ from core.playbook.lines import BEGIN_MARK, END_MARK, bullet_line
 from core.playbook.ops import DeltaError, DeltaIn, OpIn
 from core.playbook.prompt import embed_prompt, render, retrieve
 from core.playbook.store import (
-                                 PLAYBOOK_ID_RE,
-                                 active_bullets,
-                                 count_bullets,
-                                 ensure_playbook,
-                                 get_bullet,
-                                 get_or_create_playbook,
-                                 get_playbook,
-                                 list_playbooks,
-                                 validate_playbook_id,
+    PLAYBOOK_ID_RE,
+    active_bullets,
+    count_bullets,
+    ensure_playbook,
+    get_bullet,
+    get_or_create_playbook,
+    get_playbook,
+    list_playbooks,
+    validate_playbook_id,
 )
 
 __all__ = [

@@ -7,14 +7,14 @@
 from core.roles.llm_roles import LLMCurator, LLMGenerator, LLMOptimizer, LLMReflector, LLMReviewer
 from core.roles.protocols import Curator, Generator, Optimizer, Reflector, Reviewer
 from core.roles.schemas import (
-                                Attempt,
-                                BulletTag,
-                                CuratorOutput,
-                                GeneratorOutput,
-                                OptimizerOutput,
-                                ReflectorOutput,
-                                ReviewerOutput,
-                                clip,
+    Attempt,
+    BulletTag,
+    CuratorOutput,
+    GeneratorOutput,
+    OptimizerOutput,
+    ReflectorOutput,
+    ReviewerOutput,
+    clip,
 )
 
 __all__ = [
