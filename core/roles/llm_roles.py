@@ -83,7 +83,7 @@ class LLMCurator:
 
 
 # A reviewer reads code and what really happened when it ran; an optimizer
-# rewrites it. Each learns into its own playbook (see core/review.py).
+# rewrites it. Each learns into its own playbook (see core/episodes/review.py).
 
 
 class LLMReviewer:
