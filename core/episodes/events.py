@@ -12,6 +12,8 @@ from typing import Any, Literal, Optional, TypedDict, Union
 
 EventKind = Literal["route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect", "curate",
                     "apply", "error"]
+StreamName = Literal["stdout", "stderr"]
+ApplyStatus = Literal["empty", "applied", "pending"]
 KINDS: tuple[EventKind, ...] = ("route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect",
                                 "curate", "apply", "error")
 
@@ -71,7 +73,7 @@ class ReviewPayload(LLMFields, total=False):
 class OutputPayload(TypedDict, total=False):
     """Output streamed while code runs; the execute event carries all of a short run's output instead."""
 
-    stream: Literal["stdout", "stderr"]
+    stream: StreamName
     text: str
     role: str
 
@@ -105,7 +107,7 @@ class ApplyPayload(TypedDict, total=False):
     delta_id: str
     review_mode: str
     operations: int
-    status: Literal["empty", "applied", "pending"]
+    status: ApplyStatus
     version: Optional[int]
     results: list[dict[str, Any]]
     rejected: list[dict[str, Any]]

@@ -8,6 +8,7 @@ import re
 from typing import Any, Optional
 
 from core.config import get_settings
+from core.episodes.events import ApplyPayload, ApplyStatus, CuratePayload, ErrorPayload, ReflectPayload, RoutePayload
 from core.episodes.spec import Roles
 from core.episodes.store import check_cancel, learned_delta, load_episode, update_episode
 from core.episodes.trace import StepError, Trace, step_name
@@ -42,9 +43,9 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     with step_name("reflect"), trace.step("reflect", rows=rows) as p:
         refl = roles.reflector.reflect(task, attempts, _used_bullets_text(ep.playbook_id, used), ground_truth, ep.id,
                                        reflector_instructions)
-        p.update(messages=refl.messages, response=refl.raw, reflection=refl.value.model_dump(),
-                 prompt_tokens=refl.prompt_tokens, completion_tokens=refl.completion_tokens,
-                 latency_ms=refl.latency_ms, call_ids=refl.call_ids)
+        p.update(ReflectPayload(messages=refl.messages, response=refl.raw, reflection=refl.value.model_dump(),
+                                prompt_tokens=refl.prompt_tokens, completion_tokens=refl.completion_tokens,
+                                latency_ms=refl.latency_ms, call_ids=refl.call_ids))
         r = refl.value
         rows.append(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
                                error_identification=r.error_identification,
@@ -57,9 +58,9 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     pb_text = render(None, shown) + _merge_hints(ep.playbook_id, [b.id for b in shown])
     with step_name("curate"), trace.step("curate") as p:
         cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
-        p.update(messages=cur.messages, response=cur.raw, curation=cur.value.model_dump(),
-                 prompt_tokens=cur.prompt_tokens, completion_tokens=cur.completion_tokens,
-                 latency_ms=cur.latency_ms, call_ids=cur.call_ids)
+        p.update(CuratePayload(messages=cur.messages, response=cur.raw, curation=cur.value.model_dump(),
+                               prompt_tokens=cur.prompt_tokens, completion_tokens=cur.completion_tokens,
+                               latency_ms=cur.latency_ms, call_ids=cur.call_ids))
     totals["tokens"] += cur.prompt_tokens + cur.completion_tokens
     totals["llm_ms"] += cur.latency_ms
     check_cancel(job_id)
@@ -77,12 +78,13 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
         if finish is not None:
             ep_update.update(finish, finished_at=utcnow(), tokens=totals["tokens"], llm_ms=totals["llm_ms"],
                              sandbox_ms=totals["sandbox_ms"])
-        status = "empty" if not ops else ("applied" if applied is not None else "pending")
+        status: ApplyStatus = "empty" if not ops else ("applied" if applied is not None else "pending")
         version = applied.version if applied is not None else None
-        p.update(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops), status=status, version=version)
+        p.update(ApplyPayload(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops), status=status,
+                              version=version))
         if applied is not None:
-            p.update(results=[vars(x) for x in applied.results],
-                     rejected=[{"op": i, "error": e} for i, e in applied.rejected])
+            p.update(ApplyPayload(results=[vars(x) for x in applied.results],
+                                  rejected=[{"op": i, "error": e} for i, e in applied.rejected]))
     return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
             "delta_id": delta_id, "version": version, "status": status}
 
@@ -117,7 +119,7 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
     feedback = f"Trajectory:\n{trajectory}" + (f"\n\nEvaluation:\n{evaluation}" if evaluation else "")
     passed = _looks_passed(evaluation)
     attempt = Attempt(1, trajectory, feedback, bool(passed), used)
-    trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "used_bullets": used})
+    trace.emit("route", RoutePayload(playbook_id=ep.playbook_id, reason=ep.routing_reason, used_bullets=used))
     totals: dict[str, float] = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
     outcome = evaluation or "no evaluation given"
     try:
@@ -126,7 +128,7 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
     except Exception as exc:
         step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else ("learn", exc)
         message = f"{step} failed: {cause}"
-        trace.emit("error", {"step": step, "message": message, "type": type(cause).__name__})
+        trace.emit("error", ErrorPayload(step=step, message=message, type=type(cause).__name__))
         update_episode(ep.id, status="error", error=message, finished_at=utcnow())
         raise cause from None
     update_episode(ep.id, status="failed" if passed is False else "succeeded",

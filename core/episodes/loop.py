@@ -12,7 +12,7 @@ from contextlib import ExitStack, closing
 from typing import Any, Optional
 
 from core.config import Settings, get_settings
-from core.episodes.events import EventSink
+from core.episodes.events import EventSink, GeneratePayload, RetrievedBullet, RoutePayload
 from core.episodes.learning import reflect_and_curate
 from core.episodes.outcome import Progress, recorded_ending
 from core.episodes.review import run_review_episode
@@ -46,8 +46,8 @@ def run_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, roles: Opti
     learned = None if fresh else learned_delta(ep)  # a new episode has learned nothing yet
     if learned:  # a retried job whose first run already learned: do not learn twice
         return EpisodeResult(ep.id, ep.status, ep.success, ep.attempts, ep.playbook_id, ep.code, learned)
-    trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
-                         "backend": ep.backend, "model": ep.model, "mode": spec.mode},
+    trace.emit("route", RoutePayload(playbook_id=ep.playbook_id, reason=ep.routing_reason, review_mode=ep.review_mode,
+                                     backend=ep.backend, model=ep.model, mode=spec.mode),
                episode={"status": "running", "started_at": utcnow(), "job_id": job_id or ep.job_id})
     result = EpisodeResult(ep.id, "running", None, 0, ep.playbook_id)
     progress = Progress()
@@ -91,12 +91,12 @@ def _attempts(spec: TaskSpec, ep: Episode, trace: Trace, roles: Optional[Roles],
             text = render(None, [h.bullet for h in hits], settings.prompt_token_budget)
             with trace.step("generate", n) as p:
                 out = roles.generator.generate(spec.task, spec.language, text, attempts, ep.id)
-                p.update(messages=out.messages, response=out.raw, code=out.value.code,
-                         reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
-                         retrieved=[{"id": h.bullet.id, "score": round(h.score, 4), "scores": h.scores}
-                                    for h in hits],
-                         prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
-                         latency_ms=out.latency_ms, llm_mode=out.mode, call_ids=out.call_ids)
+                p.update(GeneratePayload(
+                    messages=out.messages, response=out.raw, code=out.value.code, reasoning=out.value.reasoning,
+                    bullet_ids=out.value.bullet_ids,
+                    retrieved=[RetrievedBullet(id=h.bullet.id, score=round(h.score, 4), scores=h.scores) for h in hits],
+                    prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                    latency_ms=out.latency_ms, llm_mode=out.mode, call_ids=out.call_ids))
             progress.totals["tokens"] += out.prompt_tokens + out.completion_tokens
             progress.totals["llm_ms"] += out.latency_ms
             code = out.value.code

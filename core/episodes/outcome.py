@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.episodes.events import ErrorPayload
 from core.episodes.spec import EpisodeResult
 from core.episodes.store import update_episode
 from core.episodes.trace import StepError, Trace
@@ -36,13 +37,13 @@ def recorded_ending(trace: Trace, result: EpisodeResult, progress: Progress) -> 
     try:
         yield
     except Cancelled:
-        trace.emit("error", {"step": progress.step, "message": "cancelled by request"})
+        trace.emit("error", ErrorPayload(step=progress.step, message="cancelled by request"))
         result.status, result.error = "cancelled", "cancelled by request"
         update_episode(result.episode_id, status="cancelled", error=result.error, finished_at=utcnow())
         raise
     except Exception as exc:  # any step: record it clearly and end the episode
         step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else (progress.step, exc)
         message = f"{step} failed: {cause}"
-        trace.emit("error", {"step": step, "message": message, "type": type(cause).__name__})
+        trace.emit("error", ErrorPayload(step=step, message=message, type=type(cause).__name__))
         result.status, result.error = "error", message
         update_episode(result.episode_id, status="error", error=message, finished_at=utcnow(), **progress.spent())

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 from core.config import Settings, get_settings
-from core.episodes.events import EventSink
+from core.episodes.events import EventSink, GeneratePayload, LLMFields, RetrievedBullet, ReviewPayload, RoutePayload
 from core.episodes.learning import reflect_and_curate
 from core.episodes.outcome import Progress, recorded_ending
 from core.episodes.spec import EpisodeResult, Roles, TaskSpec
@@ -89,10 +89,14 @@ def _complete_roles(roles: Optional[Roles], settings: Settings) -> ReviewRoles:
                        getattr(roles, "optimizer", None) or full.optimizer)
 
 
-def _llm_fields(out: LLMResult[Any]) -> dict[str, Any]:
-    return {"messages": out.messages, "response": out.raw, "prompt_tokens": out.prompt_tokens,
-            "completion_tokens": out.completion_tokens, "latency_ms": out.latency_ms, "llm_mode": out.mode,
-            "call_ids": out.call_ids}
+def _llm_fields(out: LLMResult[Any]) -> LLMFields:
+    return LLMFields(messages=out.messages, response=out.raw, prompt_tokens=out.prompt_tokens,
+                     completion_tokens=out.completion_tokens, latency_ms=out.latency_ms, llm_mode=out.mode,
+                     call_ids=out.call_ids)
+
+
+def _retrieved(hits: list[Any]) -> list[RetrievedBullet]:
+    return [RetrievedBullet(id=h.bullet.id, score=round(h.score, 4)) for h in hits]
 
 
 class _Run:
@@ -137,8 +141,8 @@ class _Run:
         text, hits = self.playbook_text("generator", self.spec.task)
         with self.trace.as_role("generator").step("generate", 1) as p:
             out = self.roles.generator.generate(self.spec.task, self.spec.language, text, [], self.ep.id)
-            p.update(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
-                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+            p.update(GeneratePayload(code=out.value.code, reasoning=out.value.reasoning,
+                                     bullet_ids=out.value.bullet_ids, retrieved=_retrieved(hits), **_llm_fields(out)))
         self.count("generator", out, out.value.bullet_ids)
         return out.value.code, self.execute(out.value.code, "generator")
 
@@ -151,9 +155,9 @@ class _Run:
             out = reviewer.review(self.spec.task, self.spec.language, code, verdict.feedback, text, self.ep.id)
             r = out.value
             forced = not verdict.passed and not r.needs_optimization
-            p.update(needs_optimization=r.needs_optimization, forced=forced, issues=r.issues,
-                     suggestions=r.suggestions, reasoning=r.reasoning, bullet_ids=r.bullet_ids, passed=verdict.passed,
-                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+            p.update(ReviewPayload(needs_optimization=r.needs_optimization, forced=forced, issues=r.issues,
+                                   suggestions=r.suggestions, reasoning=r.reasoning, bullet_ids=r.bullet_ids,
+                                   passed=verdict.passed, retrieved=_retrieved(hits), **_llm_fields(out)))
         self.count("reviewer", out, r.bullet_ids)
         return r, r.needs_optimization or forced
 
@@ -166,8 +170,8 @@ class _Run:
             optimizer: Optimizer = self.roles.optimizer  # type: ignore[assignment]
             out = optimizer.optimize(self.spec.task, self.spec.language, code, verdict.feedback, review, text,
                                      self.ep.id)
-            p.update(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=out.value.bullet_ids,
-                     retrieved=[{"id": h.bullet.id, "score": round(h.score, 4)} for h in hits], **_llm_fields(out))
+            p.update(GeneratePayload(code=out.value.code, reasoning=out.value.reasoning,
+                                     bullet_ids=out.value.bullet_ids, retrieved=_retrieved(hits), **_llm_fields(out)))
         self.count("optimizer", out, out.value.bullet_ids)
         return out.value.code, self.execute(out.value.code, "optimizer")
 
@@ -209,9 +213,9 @@ def run_review_episode(spec: TaskSpec, *, episode_id: Optional[str] = None, role
         with write_session() as s:
             for pid in pbs.values():
                 ensure_playbook(s, pid)
-        trace.emit("route", {"playbook_id": ep.playbook_id, "reason": ep.routing_reason, "review_mode": ep.review_mode,
-                             "backend": ep.backend, "model": ep.model, "mode": spec.mode, "workflow": "review",
-                             "playbooks": pbs})
+        trace.emit("route", RoutePayload(playbook_id=ep.playbook_id, reason=ep.routing_reason,
+                                         review_mode=ep.review_mode, backend=ep.backend, model=ep.model,
+                                         mode=spec.mode, workflow="review", playbooks=pbs))
         progress.step = "configure"
         full = _complete_roles(roles, settings)
         progress.step = "sandbox"

@@ -6,6 +6,7 @@ from sqlmodel import col, select
 
 from core import jobs
 from core.config import Settings, get_settings
+from core.episodes.events import ErrorPayload
 from core.episodes.spec import TaskSpec
 from core.episodes.trace import EPISODES, Trace
 from core.playbook import get_or_create_playbook, validate_playbook_id
@@ -96,6 +97,6 @@ def mark_interrupted(job: Any) -> None:
         return
     msg = "the worker running this episode stopped (killed?); " + (
         "it will be run again" if job.status == "queued" else "no attempts are left")
-    Trace(episode_id).emit("error", {"step": "worker", "message": msg})
+    Trace(episode_id).emit("error", ErrorPayload(step="worker", message=msg))
     update_episode(episode_id, status="queued" if job.status == "queued" else "error",
                     error=None if job.status == "queued" else msg)

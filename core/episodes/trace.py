@@ -6,11 +6,19 @@ any rows the step produced (a reflection, the step's LLM call log).
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from core.episodes.events import EventKind, EventSink, TraceEvent
+from core.episodes.events import (
+    EvaluatePayload,
+    EventKind,
+    EventSink,
+    ExecutePayload,
+    OutputPayload,
+    StreamName,
+    TraceEvent,
+)
 from core.jobs import Cancelled
 from core.llm.client import deferred_call_log
 from core.sandbox.evaluate import MARKER, Verdict
@@ -57,7 +65,7 @@ class Trace:
     def as_role(self, role: str) -> "Trace":
         return Trace(self.episode_id, self.sink, role, self._lock)
 
-    def emit(self, kind: EventKind, payload: dict[str, Any], attempt: Optional[int] = None,
+    def emit(self, kind: EventKind, payload: Mapping[str, Any], attempt: Optional[int] = None,
              duration_ms: Optional[float] = None, started_at: Any = None,
              episode: Optional[dict[str, Any]] = None, rows: Optional[list[Any]] = None) -> None:
         """Append an event; in the same transaction update the episode and add `rows`."""
@@ -100,13 +108,13 @@ class OutputStream:
 
     def __init__(self, trace: Trace, attempt: int, every_s: float = 0.3, max_chars: int = 200_000):
         self.trace, self.attempt, self.every_s, self.max_chars = trace, attempt, every_s, max_chars
-        self.buf: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.buf: dict[StreamName, list[str]] = {"stdout": [], "stderr": []}
         self.sent = 0
         self.live = False
         self.last = time.monotonic()
         self.lock = threading.Lock()
 
-    def callback(self, stream: str) -> Callable[[str], None]:
+    def callback(self, stream: StreamName) -> Callable[[str], None]:
         def on_line(line: str) -> None:
             if MARKER in line:  # the test harness's report is not the program's output
                 return
@@ -132,7 +140,7 @@ class OutputStream:
             self.buf = {"stdout": [], "stderr": []}
             self.last = time.monotonic()
         for stream, text in chunks.items():
-            self.trace.emit("output", {"stream": stream, "text": text}, self.attempt)
+            self.trace.emit("output", OutputPayload(stream=stream, text=text), self.attempt)
 
 
 def record_run(trace: Trace, n: int, code: str, language: str, verdict: Verdict, isolation: str,
@@ -141,11 +149,11 @@ def record_run(trace: Trace, n: int, code: str, language: str, verdict: Verdict,
     with the episode's running totals."""
     trace.emit_all([
         {"kind": "execute", "attempt": n, "duration_ms": verdict.execution.duration_ms,
-         "payload": {"code": code, "language": language, "isolation": isolation,
-                     "execution": verdict.execution.model_dump(by_alias=True)}},
+         "payload": ExecutePayload(code=code, language=language, isolation=isolation,
+                                   execution=verdict.execution.model_dump(by_alias=True))},
         {"kind": "evaluate", "attempt": n,
-         "payload": {"passed": verdict.passed, "total": verdict.total, "failed": verdict.failed,
-                     "error": verdict.error, "feedback": verdict.feedback}}],
+         "payload": EvaluatePayload(passed=verdict.passed, total=verdict.total, failed=verdict.failed,
+                                    error=verdict.error, feedback=verdict.feedback)}],
         episode={"isolation": isolation, "attempts": n, "code": code, "tokens": totals["tokens"],
                  "llm_ms": totals["llm_ms"], "sandbox_ms": totals["sandbox_ms"]})
 
