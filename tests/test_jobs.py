@@ -113,3 +113,18 @@ def test_concurrent_writers_from_processes_lose_no_update(db_url) -> None:
     b = P.get_bullet("shared", "b-00001")
     assert (b.helpful, b.harmful) == (45, 15)
     assert P.get_playbook("shared").current_version == 61
+
+
+def test_a_worker_in_a_process_that_registered_no_job_kind_refuses_to_start(db_url) -> None:
+    """It would otherwise take every queued job and fail it with "no handler"; the queue keeps them."""
+    script = ("from core import jobs\n"
+              "job_id = jobs.enqueue('episode', {})\n"
+              "try:\n"
+              "    jobs.run_worker(max_jobs=1)\n"
+              "except jobs.NoHandlers as exc:\n"
+              "    print('refused:', exc)\n"
+              "print(jobs.get_job(job_id).status)\n")
+    out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ), capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused: no job kind is registered" in out.stdout and out.stdout.strip().endswith("queued")

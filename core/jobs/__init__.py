@@ -23,6 +23,8 @@ from core.jobs.queue import (
 from core.jobs.runner import (
     HEARTBEAT_S,
     Handler,
+    NoHandlers,
+    claimable,
     ensure_background_worker,
     register,
     registered_kinds,
@@ -33,7 +35,7 @@ from core.jobs.runner import (
 )
 
 __all__ = [
-    "HEARTBEAT_S", "Cancelled", "Handler", "cancel", "cancel_requested", "claim", "enqueue",
+    "HEARTBEAT_S", "Cancelled", "Handler", "NoHandlers", "cancel", "cancel_requested", "claim", "claimable", "enqueue",
     "ensure_background_worker", "finish", "get_job", "heartbeat", "list_jobs", "new_job", "on_recovered",
     "recover_stale", "register", "registered_kinds", "retry", "run_one", "run_worker", "stop_background_worker",
     "update_payload", "worker_id",

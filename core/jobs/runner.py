@@ -22,6 +22,10 @@ Handler = Callable[[Job], dict[str, Any]]
 _handlers: dict[str, Handler] = {}
 
 
+class NoHandlers(RuntimeError):
+    """A worker started in a process that registered no job kind: it would fail every job it took."""
+
+
 def register(kind: str, handler: Handler) -> None:
     """Run `handler` for jobs of `kind`; a worker fails jobs whose kind nobody registered."""
     _handlers[kind] = handler
@@ -60,6 +64,16 @@ def run_one(job: Job) -> None:
         stop.set()
 
 
+def claimable(kinds: Optional[list[str]] = None) -> list[str]:
+    """The kinds a worker here may take: the registered ones (of `kinds`, if given). A job of another kind
+    stays queued for a process that can run it."""
+    known = registered_kinds()
+    if not known:
+        raise NoHandlers("no job kind is registered in this process: start workers through core.worker "
+                         "(worker.run or worker.start_in_background), which registers them first")
+    return [k for k in known if kinds is None or k in kinds]
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
 
@@ -67,6 +81,7 @@ def worker_id() -> str:
 def run_worker(stop: Optional[threading.Event] = None, poll_s: float = 0.5, kinds: Optional[list[str]] = None,
                max_jobs: Optional[int] = None, stale_after_s: Optional[float] = None) -> int:
     """Drain the queue until `stop` is set (or `max_jobs` ran); returns jobs run."""
+    kinds = claimable(kinds)
     stop = stop or threading.Event()
     wid = worker_id()
     done = 0
@@ -96,6 +111,7 @@ _app_lock = threading.Lock()
 def ensure_background_worker() -> threading.Thread:
     """One worker thread per process (the Streamlit app and the HTTP service use it)."""
     global _app_worker, _app_stop
+    claimable()  # fail here, in the caller, rather than in the thread
     with _app_lock:
         if _app_worker is None or not _app_worker.is_alive():
             _app_stop = threading.Event()
