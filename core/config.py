@@ -12,6 +12,7 @@ Secrets (API keys, the service token) live only here, in memory, as
 `Settings.public()` is what the UI, the trace and logs may show.
 """
 
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ class Settings(BaseSettings):
         extra="ignore",  # `.env` may hold variables for other tools
         frozen=True,
         protected_namespaces=(),
+        validate_by_name=True,  # Settings(model=...) as well as Settings(ACE_MODEL=...)
     )
 
     openai_base_url: Optional[str] = _env(
@@ -140,7 +142,7 @@ class Settings(BaseSettings):
         only = _only_mapping.get()
         if only is not None:
             return init_settings, _MappingSource(settings_cls, only)
-        return init_settings, env_settings, dotenv_settings
+        return init_settings, env_settings, _UnsetInEnvironment(settings_cls, dotenv_settings)
 
     @property
     def llm_configured(self) -> bool:
@@ -167,6 +169,21 @@ class Settings(BaseSettings):
         values = {env_var(name): value for name, value in {**dict(self), **changes}.items()}
         with _reading(values):
             return _build()
+
+
+class _UnsetInEnvironment(PydanticBaseSettingsSource):
+    """`.env` values only for variables the real environment does not have at all: an empty variable
+    in the environment means unset (the default), as it always has, not "fall back to `.env`"."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.dotenv.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        return {name: value for name, value in self.dotenv().items() if name not in os.environ}
 
 
 class _MappingSource(PydanticBaseSettingsSource):

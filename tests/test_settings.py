@@ -113,6 +113,20 @@ def test_the_environment_wins_over_the_env_file(tmp_path: Path, monkeypatch: pyt
     assert load_settings(env_file=env_file).model == "from-env"
 
 
+def test_an_empty_variable_in_the_environment_means_unset_even_when_the_env_file_sets_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("ACE_SERVICE_TOKEN=from-file\nACE_DEFAULT_K=7\nACE_MODEL=from-file\n")
+    monkeypatch.setenv("ACE_SERVICE_TOKEN", "")  # `ACE_SERVICE_TOKEN= ace serve` turns auth off, as it always did
+    monkeypatch.setenv("ACE_DEFAULT_K", "")
+    s = load_settings(env_file=env_file)
+    assert (s.secret("service_token"), s.default_k, s.model) == (None, 20, "from-file")
+
+
+def test_settings_take_field_names_as_well_as_variable_names() -> None:
+    assert (config.Settings(model="m", default_k=5).model, config.Settings(ACE_DEFAULT_K=6).default_k) == ("m", 6)
+
+
 def test_a_given_mapping_is_all_that_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("ACE_DEFAULT_K=7\n")
