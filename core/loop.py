@@ -8,7 +8,17 @@ from core.episodes.events import EventSink, TraceEvent
 from core.episodes.learning import create_learn_episode, learn, reflect_and_curate
 from core.episodes.loop import run_episode
 from core.episodes.spec import EpisodeResult, Roles, TaskSpec
-from core.episodes.store import create_episode, episode_events, new_episode, submit_episode
+from core.episodes.store import (
+    create_episode,
+    episode_events,
+    learned_delta,
+    mark_interrupted,
+    new_episode,
+    submit_episode,
+)
+from core.episodes.trace import Trace
+from core.playbook.lines import marked_bullet_ids as extract_bullet_ids
 
-__all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "TraceEvent", "create_episode", "create_learn_episode",
-           "episode_events", "learn", "new_episode", "reflect_and_curate", "run_episode", "submit_episode"]
+__all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "Trace", "TraceEvent", "create_episode",
+           "create_learn_episode", "episode_events", "extract_bullet_ids", "learn", "learned_delta",
+           "mark_interrupted", "new_episode", "reflect_and_curate", "run_episode", "submit_episode"]

@@ -194,7 +194,7 @@ def test_killed_run_resumes_without_running_a_finished_task_again(fake_llm, suit
     assert 4 <= len(before) < 12 and bench.get_run(run_id).status == "running"
     # resume in this process, through the CLI, with exports
     out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
-    from core.cli.main import main
+    from core.cli import main
 
     assert main(["bench", "--resume", run_id, "--csv", str(out_csv), "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
@@ -240,7 +240,7 @@ def test_a_task_claimed_elsewhere_leaves_no_episode_behind(suite_file: Path) -> 
 
 
 def test_cli_runs_a_suite_file_and_reports_usage_errors(fake_llm, suite_file: Path, capsys) -> None:
-    from core.cli.main import main
+    from core.cli import main
 
     fake_llm.default = router()
     assert main(["bench", str(suite_file), "--limit", "2", "--split", "0", "--epochs", "0"]) == 0

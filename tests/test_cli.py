@@ -1,6 +1,6 @@
 """`ace` as a shell sees it: exit codes, what goes to stdout and what to stderr.
 
-The cases call `core.cli.main.main(argv)` in this process, which is what the `ace` console script
+The cases call `core.cli.main(argv)` in this process, which is what the `ace` console script
 runs; one smoke test at the end runs the installed script itself.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli.main import main
+from core.cli import main
 
 ACE = str(Path(sys.executable).with_name("ace"))
 

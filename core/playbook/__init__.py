@@ -25,9 +25,11 @@ from core.playbook.store import (
     list_playbooks,
     validate_playbook_id,
 )
+from core.retrieval import RankWeights, Retrieved  # what retrieve() takes and returns
 
 __all__ = [
     "BEGIN_MARK", "END_MARK", "PLAYBOOK_ID_RE", "ApplyResult", "Decision", "DeltaError", "DeltaIn", "OpIn", "OpResult",
+    "RankWeights", "Retrieved",
     "active_bullets", "apply_delta", "auto_apply", "bullet_line", "count_bullets", "decide_ops", "embed_prompt",
     "ensure_playbook", "get_bullet", "get_or_create_playbook", "get_playbook", "list_playbooks", "propose_delta",
     "render", "retrieve", "similarity", "submit_delta", "validate_playbook_id",
