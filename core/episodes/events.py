@@ -8,14 +8,12 @@ review workflow also carries the acting `role`.
 """
 
 from collections.abc import Callable
-from typing import Any, Literal, Optional, TypedDict, Union
+from typing import Any, Literal, Optional, TypedDict
 
 EventKind = Literal["route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect", "curate",
                     "apply", "error"]
 StreamName = Literal["stdout", "stderr"]
 ApplyStatus = Literal["empty", "applied", "pending"]
-KINDS: tuple[EventKind, ...] = ("route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect",
-                                "curate", "apply", "error")
 
 
 class LLMFields(TypedDict, total=False):
@@ -120,9 +118,6 @@ class ErrorPayload(TypedDict, total=False):
     type: str
     role: str
 
-
-Payload = Union[RoutePayload, GeneratePayload, ReviewPayload, OutputPayload, ExecutePayload, EvaluatePayload,
-                ReflectPayload, CuratePayload, ApplyPayload, ErrorPayload]
 
 
 class TraceEvent(TypedDict):
