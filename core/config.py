@@ -85,9 +85,25 @@ class Settings(BaseSettings):
     dedup_threshold: float = _env(
         "ACE_DEDUP_THRESHOLD", 0.85, "lexical similarity at which an ADD counts as a duplicate")
     max_iterations: int = _env("ACE_MAX_ITERATIONS", 3, "attempts per episode before giving up")
-    llm_timeout: float = _env("ACE_LLM_TIMEOUT", 120.0, "seconds one model call may take")
+    llm_timeout: float = _env(
+        "ACE_LLM_TIMEOUT", 120.0, "seconds one model call may take in all, its retries and a slow server included")
     llm_max_retries: int = _env(
-        "ACE_LLM_MAX_RETRIES", 3, "retries of a model call after a 429, a 5xx or a timeout")
+        "ACE_LLM_MAX_RETRIES", 3, "retries of a model call after a 429 or a 5xx, within its deadline")
+    episode_budget: float = _env(
+        "ACE_EPISODE_BUDGET", 900.0, "seconds of model calls and runs one episode may take; past it, no new "
+        "attempt starts and learning is skipped")
+    max_tokens_generator: int = _env(
+        "ACE_MAX_TOKENS_GENERATOR", 2048, "token cap of a Generator reply (and an Optimizer's rewrite)")
+    max_tokens_reflector: int = _env("ACE_MAX_TOKENS_REFLECTOR", 1024, "token cap of a Reflector reply")
+    max_tokens_curator: int = _env("ACE_MAX_TOKENS_CURATOR", 1024, "token cap of a Curator reply")
+    max_tokens_reviewer: int = _env("ACE_MAX_TOKENS_REVIEWER", 768, "token cap of a Reviewer reply")
+    max_tokens_expand: int = _env("ACE_MAX_TOKENS_EXPAND", 256, "token cap of a query-expansion reply")
+    prompt_max_tokens: int = _env(
+        "ACE_PROMPT_MAX_TOKENS", 6000, "largest prompt any role sends; its variable parts (playbook, attempts, "
+        "feedback) are cut to fit")
+    llm_mode_retry_hours: float = _env(
+        "ACE_LLM_MODE_RETRY_HOURS", 24.0, "hours after which a stronger output mode an endpoint refused is "
+        "tried again")
     service_token: Optional[SecretStr] = _env(
         "ACE_SERVICE_TOKEN", None, "bearer token the HTTP service requires; unset: no token needed")
     service_max_body_bytes: int = _env(

@@ -23,10 +23,13 @@ import openai
 from pydantic import BaseModel, ValidationError
 
 from core.config import Settings, get_settings
+from core.llm.errors import LLMError, LLMNotConfigured, LLMOutputError, LLMTimeout, LLMUnavailable, Spent
 from core.storage.db import write_session
 from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
+__all__ = ["LLMClient", "LLMError", "LLMNotConfigured", "LLMOutputError", "LLMResult", "LLMTimeout",
+           "LLMUnavailable", "Spent", "deferred_call_log", "extract_json", "reset_mode_cache"]
 MODES = ("json_schema", "json_object", "plain")
 _mode_cache: dict[tuple[str, str], str] = {}
 _mode_lock = threading.Lock()
@@ -57,23 +60,6 @@ def deferred_call_log() -> Iterator[list[LLMCall]]:
         _deferred.rows = outer
 
 
-class LLMError(RuntimeError):
-    """The model could not give a usable answer; the message says why."""
-
-
-class LLMNotConfigured(LLMError):
-    def __init__(self) -> None:
-        super().__init__(
-            "No language model is configured. Set OPENAI_API_KEY (OpenAI), or OPENAI_BASE_URL "
-            "(a local OpenAI-compatible server such as Ollama or vLLM; any key then works), "
-            "and ACE_MODEL, in the environment or in .env."
-        )
-
-
-class LLMOutputError(LLMError):
-    pass
-
-
 @dataclass
 class LLMResult(Generic[T]):
     value: T
@@ -84,6 +70,14 @@ class LLMResult(Generic[T]):
     call_ids: list[int]
     mode: str
     messages: list[dict[str, Any]]
+    calls: int = 1  # requests made, retries, refused modes and the repair round included
+    cost: float = 0.0
+    finish_reason: Optional[str] = None
+
+    @property
+    def spent(self) -> Spent:
+        return Spent(self.prompt_tokens, self.completion_tokens, self.latency_ms, self.calls, self.cost,
+                     list(self.call_ids))
 
 
 def extract_json(text: str) -> Any:

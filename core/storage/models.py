@@ -121,6 +121,8 @@ class Delta(SQLModel, table=True):
     base_version: int = 0
     created_at: datetime = _ts()
     decided_at: Optional[datetime] = _ts(nullable=True)
+    # ops a model proposed that were dropped before they reached this delta: [{"op": {...}, "reason": "..."}]
+    dropped: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON))
 
 
 class DeltaOp(SQLModel, table=True):
@@ -212,9 +214,24 @@ class LLMCall(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
-    mode: str = ""  # json_schema | json_object | plain | repair
+    mode: str = ""  # json_schema | json_object | plain
     error: Optional[str] = Field(default=None, sa_column=Column(Text))
     created_at: datetime = _ts()
+    finish_reason: Optional[str] = None  # stop | length | ... as the server said; None: no reply
+    max_tokens: Optional[int] = None  # the cap the request carried
+    retry: int = 0  # 0 for the first request of a round, n for its n-th retry
+    round: int = 1  # 1, then 2 for the repair request
+    cost: float = 0.0  # USD, from ACE_PRICE_INPUT / ACE_PRICE_OUTPUT
+
+
+class LLMEndpointMode(SQLModel, table=True):
+    """The strongest output mode an endpoint and model accepted, so a new process does not pay refused requests
+    again; `refused_at` says when a stronger one was last refused, to try it again after a while."""
+
+    endpoint: str = Field(primary_key=True)
+    model: str = Field(primary_key=True)
+    mode: str  # json_schema | json_object | plain
+    refused_at: datetime = _ts()
 
 
 class Job(SQLModel, table=True):
