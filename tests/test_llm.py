@@ -1,11 +1,12 @@
 import json
+import time
 
 import pytest
 from pydantic import BaseModel
 from sqlmodel import select
 
 from core import config
-from core.llm.client import LLMClient, LLMError, LLMNotConfigured, LLMOutputError
+from core.llm.client import LLMClient, LLMError, LLMNotConfigured, LLMOutputError, LLMTimeout, LLMUnavailable
 from core.roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
 from core.storage.db import read_session
 from core.storage.models import LLMCall
@@ -76,18 +77,22 @@ def test_retries_are_bounded(fake_llm) -> None:
         LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
 
 
-def test_timeout_is_retried(fake_llm, settings_env) -> None:
+def test_a_slow_reply_ends_at_the_call_deadline_and_is_not_resent(fake_llm, settings_env) -> None:
     settings_env(ACE_LLM_TIMEOUT="0.3")
     fake_llm.reply(Delay(1.0, {"value": 1}), {"value": 2})
-    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
-    assert r.value.value == 2
-    assert "Timeout" in calls()[0].error
+    t0 = time.monotonic()
+    with pytest.raises(LLMTimeout, match="no usable reply within 0 s") as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 0.9
+    assert len(fake_llm.chat_requests()) == 1 and err.value.spent.calls == 1
+    assert "no reply within" in calls()[0].error
 
 
 def test_unreachable_server_is_a_clear_error(db_url, settings_env) -> None:
     settings_env(OPENAI_BASE_URL="http://127.0.0.1:9/v1", ACE_LLM_MAX_RETRIES="1")
-    with pytest.raises(LLMError, match="failed 2 times"):
+    with pytest.raises(LLMUnavailable, match="no model server answers at http://127.0.0.1:9/v1") as err:
         LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert err.value.spent.calls == 2
 
 
 def test_not_configured_names_the_settings(db_url) -> None:

@@ -1,21 +1,24 @@
-"""OpenAI-compatible chat client with structured output, retries and a call log.
+"""OpenAI-compatible chat client: structured output from any server, strong or weak, within bounds.
 
-Servers differ: OpenAI honours `json_schema`, many local servers reject it or
-ignore it. We ask for a JSON schema first, fall back to JSON mode and then to
-plain text with the schema in the prompt, validate with pydantic, and allow one
-repair round. The mode that works is remembered per endpoint and model.
+Every request carries a token cap (per role, from settings) and every call has one wall-clock
+deadline covering its retries, its repair round and a server that trickles bytes; an episode's
+time budget (`core.llm.deadline`) shortens it further. Retries honour `Retry-After`, with jitter.
 
-Every call (success or failure) is written to the `llmcall` table with its
-messages, response, tokens and latency. The API key is never logged.
+Servers differ: OpenAI honours `json_schema`, many local servers refuse it. We ask for a JSON
+schema first and step down to JSON mode, then plain text with the schema in the prompt, only when
+a 400 names the response format, schema or grammar; the mode that works is remembered per
+endpoint and model in the database (`core.llm.modes`). A reply cut at the cap is recognised as
+truncated: the repair round asks for a shorter answer rather than re-sending the cut text.
+
+Every request (success or failure) is written to the `llmcall` table with its messages, reply,
+finish reason, tokens, latency and cost; the API key never is, even when a server echoes it.
 """
 
 import json
+import random
 import re
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Generic, Optional, TypeVar
 
@@ -23,41 +26,24 @@ import openai
 from pydantic import BaseModel, ValidationError
 
 from core.config import Settings, get_settings
+from core.llm import modes
+from core.llm.calllog import deferred_call_log, log_call
+from core.llm.deadline import budget_left
 from core.llm.errors import LLMError, LLMNotConfigured, LLMOutputError, LLMTimeout, LLMUnavailable, Spent
-from core.storage.db import write_session
+from core.llm.replies import describe_invalid, extract_json, parse_reply, wire_schema
+from core.llm.transport import DeadlinePassed, Reply, post_chat, retry_after
 from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
 __all__ = ["LLMClient", "LLMError", "LLMNotConfigured", "LLMOutputError", "LLMResult", "LLMTimeout",
            "LLMUnavailable", "Spent", "deferred_call_log", "extract_json", "reset_mode_cache"]
-MODES = ("json_schema", "json_object", "plain")
-_mode_cache: dict[tuple[str, str], str] = {}
-_mode_lock = threading.Lock()
 
-
-_deferred = threading.local()
-
-
-@contextmanager
-def deferred_call_log() -> Iterator[list[LLMCall]]:
-    """Collect this thread's call-log rows instead of writing each in its own transaction.
-
-    The caller writes the yielded rows with its own commit; if the block
-    raises, they are written here so failed calls are never lost.
-    """
-    rows: list[LLMCall] = []
-    outer = getattr(_deferred, "rows", None)
-    _deferred.rows = rows
-    try:
-        yield rows
-    except BaseException:
-        if rows:
-            with write_session() as s:
-                s.add_all(rows)
-            rows.clear()
-        raise
-    finally:
-        _deferred.rows = outer
+MODES = modes.MODES
+REPAIR_ECHO_CHARS = 2000  # of an unusable reply, sent back in the repair round
+MAX_BACKOFF_S = 30.0
+# a 400 about these is the server refusing the output mode, not the request
+_MODE_REFUSAL = re.compile(r"response.?format|json.?schema|json_object|schema|grammar|structured", re.I)
+_CAP_PARAM = re.compile(r"max_(completion_)?tokens", re.I)
 
 
 @dataclass
@@ -80,31 +66,29 @@ class LLMResult(Generic[T]):
                      list(self.call_ids))
 
 
-def extract_json(text: str) -> Any:
-    """The JSON object in a reply, tolerating code fences and chatter around it."""
-    fenced = re.search(r"```(?:json)?\s*(\{.*\})\s*```", text, re.S)
-    candidate = fenced.group(1) if fenced else text
-    start, end = candidate.find("{"), candidate.rfind("}")
-    if start < 0 or end <= start:
-        raise ValueError("no JSON object in the reply")
-    return json.loads(candidate[start:end + 1])
-
-
-@lru_cache(maxsize=64)
-def _schema(schema: type[BaseModel]) -> dict[str, Any]:
-    return schema.model_json_schema()
-
-
 @lru_cache(maxsize=8)
-def _openai_client(base_url: Optional[str], api_key: Optional[str], timeout: float) -> openai.OpenAI:
+def _openai_client(base_url: Optional[str], api_key: Optional[str]) -> openai.OpenAI:
     """One SDK client (and its connection pool and TLS context) per endpoint, shared across threads."""
     return openai.OpenAI(base_url=base_url or None, api_key=api_key or "not-needed-for-local-servers",
-                         timeout=timeout, max_retries=0)  # retries are ours, so each attempt is logged
+                         max_retries=0)  # retries are ours, so each request is logged and bounded
 
 
 def _schema_instruction(schema: type[BaseModel]) -> str:
     return ("Reply with only one JSON object, no prose and no code fences, matching this JSON schema:\n"
-            + json.dumps(_schema(schema)))
+            + json.dumps(wire_schema(schema)))
+
+
+@dataclass
+class _Call:
+    """One role call in progress: its deadline, cap and what it has spent so far."""
+
+    role: str
+    episode_id: Optional[str]
+    cap: int
+    deadline: float
+    seconds: float
+    round: int = 1
+    spent: Spent = field(default_factory=Spent)
 
 
 class LLMClient:
@@ -116,87 +100,163 @@ class LLMClient:
         self.log_calls = log_calls
         if not self.settings.llm_configured:
             raise LLMNotConfigured()
-        self._client = _openai_client(self.settings.openai_base_url, self.settings.secret("openai_api_key"),
-                                      self.settings.llm_timeout)
-        self._key = (self.settings.openai_base_url or "openai", self.settings.model)
+        self._api_key = self.settings.secret("openai_api_key")
+        self._client = _openai_client(self.settings.openai_base_url, self._api_key)
+        self._endpoint = modes.endpoint_key(self.settings.openai_base_url)
+        # OpenAI's newer models refuse `max_tokens`; most other servers only know it
+        self._cap_param = "max_completion_tokens" if not self.settings.openai_base_url else "max_tokens"
 
     @property
     def model(self) -> str:
         return self.settings.model
 
-    # ---------------------------------------------------------------- logging
+    def cap_for(self, role: str) -> int:
+        """The token cap of a role's replies."""
+        s = self.settings
+        caps = {"reflector": s.max_tokens_reflector, "curator": s.max_tokens_curator,
+                "reviewer": s.max_tokens_reviewer, "expand": s.max_tokens_expand}
+        return caps.get(role, s.max_tokens_generator)
 
-    def _log(self, role: str, episode_id: Optional[str], messages: list[dict[str, Any]], response: Optional[str],
-             usage: tuple[int, int], latency_ms: float, mode: str, error: Optional[str]) -> Optional[int]:
-        if not self.log_calls:
-            return None
-        row = LLMCall(episode_id=episode_id, role=role, model=self.model, messages=messages, response=response,
-                      prompt_tokens=usage[0], completion_tokens=usage[1], latency_ms=latency_ms, mode=mode,
-                      error=error)
-        buffer = getattr(_deferred, "rows", None)
-        if buffer is not None:  # written by whoever opened the buffer, in its own transaction
-            buffer.append(row)
-            return None
-        with write_session() as s:
-            s.add(row)
-            s.flush()
-            return row.id
+    # ------------------------------------------------------------- structured
 
-    # --------------------------------------------------------------- one call
+    def structured(self, role: str, messages: list[dict[str, Any]], schema: type[T],
+                   episode_id: Optional[str] = None, *, max_tokens: Optional[int] = None) -> LLMResult[T]:
+        """A validated `schema` instance from the model, with one repair round, within the call's deadline."""
+        seconds = self.settings.llm_timeout
+        left = budget_left()
+        if left is not None:
+            if left <= 0:
+                raise LLMTimeout(f"{role}: the episode's time budget ran out before the call")
+            seconds = min(seconds, left)
+        call = _Call(role, episode_id, max_tokens or self.cap_for(role), time.monotonic() + seconds, seconds)
+        convo = list(messages)
+        reply, mode, problem = None, MODES[0], ""
+        for call.round in (1, 2):
+            reply, mode = self._answer(call, convo, schema)
+            if reply.finish_reason == "length":
+                problem = f"truncated at {reply.completion_tokens or call.cap} tokens (the cap)"
+                convo = messages + [{"role": "user", "content": (
+                    f"Your last answer was cut off at {call.cap} tokens, the most you may write. Answer again, "
+                    "much shorter: one complete JSON object, a few items at most in every list, a sentence or "
+                    "two in every text field.")}]
+                continue
+            try:
+                value = parse_reply(schema, reply.content)
+            except (ValueError, ValidationError) as exc:
+                problem = describe_invalid(exc)
+                convo = convo + [
+                    {"role": "assistant", "content": reply.content[:REPAIR_ECHO_CHARS]},
+                    {"role": "user", "content": f"That reply could not be used: {problem}\n"
+                                                "Reply again with only the corrected JSON object."},
+                ]
+                continue
+            sp = call.spent
+            return LLMResult(value, reply.content, sp.prompt_tokens, sp.completion_tokens, sp.latency_ms,
+                             sp.call_ids, mode, convo, sp.calls, sp.cost, reply.finish_reason)
+        what = (f"was {problem}, also after asking for a shorter one" if problem.startswith("truncated")
+                else f"was not valid {schema.__name__} JSON after one repair attempt: {problem}")
+        raise LLMOutputError(f"{role}: the model's reply {what}", spent=call.spent,
+                             raw=reply.content if reply else None)
 
-    def _create(self, messages: list[dict[str, Any]], schema: type[BaseModel], mode: str) -> Any:
-        kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
-        if mode == "json_schema":
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": schema.__name__, "schema": _schema(schema), "strict": False}}
-        elif mode == "json_object":
-            kwargs["response_format"] = {"type": "json_object"}
-        return self._client.chat.completions.create(**kwargs)
+    # --------------------------------------------------------------- requests
 
-    def _call(self, role: str, episode_id: Optional[str], messages: list[dict[str, Any]],
-              schema: type[BaseModel], call_ids: list[int]) -> tuple[str, tuple[int, int], float, str]:
-        """One answer, retrying transient failures and stepping down modes the server refuses."""
-        attempt = 0
+    def _answer(self, call: _Call, convo: list[dict[str, Any]], schema: type[BaseModel]) -> tuple[Reply, str]:
+        """One reply, retrying what is worth retrying and stepping down modes the server refuses."""
+        retry = 0
         while True:
-            with _mode_lock:
-                mode = _mode_cache.get(self._key, "json_schema")
-            sent = messages if mode == "json_schema" else self._with_instruction(messages, schema)
+            mode = modes.current_mode(self._endpoint, self.model, self.settings.llm_mode_retry_hours)
+            sent = convo if mode == "json_schema" else self._with_instruction(convo, schema)
+            kwargs: dict[str, Any] = {"model": self.model, "messages": sent, self._cap_param: call.cap}
+            if mode == "json_schema":
+                kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                    "name": schema.__name__, "schema": wire_schema(schema), "strict": False}}
+            elif mode == "json_object":
+                kwargs["response_format"] = {"type": "json_object"}
             t0 = time.perf_counter()
             try:
-                resp = self._create(sent, schema, mode)
-            except openai.BadRequestError as exc:
-                ms = (time.perf_counter() - t0) * 1000
-                self._append(call_ids, self._log(role, episode_id, sent, None, (0, 0), ms, mode, _describe(exc)))
-                nxt = MODES.index(mode) + 1
-                if nxt >= len(MODES):
-                    raise LLMError(f"{role}: the model server refused the request: {_describe(exc)}") from None
-                with _mode_lock:
-                    _mode_cache[self._key] = MODES[nxt]
-                continue
-            except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
-                    openai.InternalServerError) as exc:
-                ms = (time.perf_counter() - t0) * 1000
-                self._append(call_ids, self._log(role, episode_id, sent, None, (0, 0), ms, mode, _describe(exc)))
-                attempt += 1
-                if attempt > self.settings.llm_max_retries:
-                    raise LLMError(f"{role}: the model server failed {attempt} times; "
-                                   f"last error: {_describe(exc)}") from None
-                time.sleep(min(self.backoff_base * 2 ** (attempt - 1), 20.0))
-                continue
+                reply = post_chat(self._client, kwargs, call.deadline)
+            except DeadlinePassed:
+                self._log(call, sent, mode, retry, t0, error=f"no reply within the call's {call.seconds:.0f} s")
+                raise LLMTimeout(f"{call.role}: no usable reply within {call.seconds:.0f} s "
+                                 f"({call.spent.calls} request(s))", spent=call.spent) from None
             except openai.APIStatusError as exc:
-                ms = (time.perf_counter() - t0) * 1000
-                self._append(call_ids, self._log(role, episode_id, sent, None, (0, 0), ms, mode, _describe(exc)))
-                raise LLMError(f"{role}: the model server answered with an error: {_describe(exc)}") from None
-            ms = (time.perf_counter() - t0) * 1000
-            content = (resp.choices[0].message.content or "") if resp.choices else ""
-            usage = (getattr(resp.usage, "prompt_tokens", 0) or 0, getattr(resp.usage, "completion_tokens", 0) or 0)
-            self._append(call_ids, self._log(role, episode_id, sent, content, usage, ms, mode, None))
-            return content, usage, ms, mode
+                status, why = exc.status_code, self._describe(exc)
+                self._log(call, sent, mode, retry, t0, error=why)
+                if status in (400, 422) and _CAP_PARAM.search(why) and "max_completion_tokens" in why \
+                        and self._cap_param == "max_tokens":
+                    self._cap_param = "max_completion_tokens"
+                    continue
+                if status in (400, 422) and mode != "plain" and _MODE_REFUSAL.search(why):
+                    if modes.remember_refusal(self._endpoint, self.model, mode) is not None:
+                        continue
+                if status in (401, 403, 404):
+                    raise LLMUnavailable(f"{call.role}: the model server refused us: {why}", spent=call.spent) \
+                        from None
+                if status in (408, 409, 429) or status >= 500:
+                    retry = self._wait(call, exc, retry, why)
+                    continue
+                raise LLMError(f"{call.role}: the model server refused the request: {why}", spent=call.spent) \
+                    from None
+            except openai.APIConnectionError as exc:
+                why = self._describe(exc)
+                self._log(call, sent, mode, retry, t0, error=why)
+                try:
+                    retry = self._wait(call, exc, retry, why)
+                except LLMTimeout:
+                    raise
+                except LLMError as final:
+                    raise LLMUnavailable(f"{call.role}: no model server answers at {self._endpoint}: {why}",
+                                         spent=final.spent) from None
+                continue
+            except ValueError as exc:  # a 200 whose body is not a chat completion
+                why = self._describe(exc)
+                self._log(call, sent, mode, retry, t0, error=why)
+                raise LLMError(f"{call.role}: {why}", spent=call.spent) from None
+            self._log(call, sent, mode, retry, t0, reply=reply)
+            if mode == MODES[0]:
+                modes.remember_success(self._endpoint, self.model, mode)
+            return reply, mode
 
-    @staticmethod
-    def _append(ids: list[int], cid: Optional[int]) -> None:
+    def _wait(self, call: _Call, exc: Exception, retry: int, why: str) -> int:
+        """Sleep before the next retry (the server's Retry-After, else backoff, plus jitter), within the deadline."""
+        retry += 1
+        if retry > self.settings.llm_max_retries:
+            raise LLMError(f"{call.role}: the model server failed {retry} times; last error: {why}",
+                           spent=call.spent)
+        asked = retry_after(exc)
+        wait = asked if asked is not None else min(self.backoff_base * 2 ** (retry - 1), MAX_BACKOFF_S)
+        wait *= 1 + random.uniform(0, 0.25)
+        if time.monotonic() + wait >= call.deadline:
+            raise LLMTimeout(f"{call.role}: the model server asked to wait {wait:.1f} s, past the call's "
+                             f"{call.seconds:.0f} s deadline; last error: {why}", spent=call.spent)
+        time.sleep(wait)
+        return retry
+
+    # ---------------------------------------------------------------- logging
+
+    def _log(self, call: _Call, sent: list[dict[str, Any]], mode: str, retry: int, t0: float,
+             reply: Optional[Reply] = None, error: Optional[str] = None) -> None:
+        ms = (time.perf_counter() - t0) * 1000
+        p, c = (reply.prompt_tokens, reply.completion_tokens) if reply else (0, 0)
+        cost = (p * self.settings.price_input + c * self.settings.price_output) / 1e6
+        call.spent.add(Spent(p, c, ms, 1, cost))
+        if not self.log_calls:
+            return
+        cid = log_call(LLMCall(
+            episode_id=call.episode_id, role=call.role, model=self.model, messages=sent,
+            response=reply.content if reply else None, prompt_tokens=p, completion_tokens=c, latency_ms=ms,
+            mode=mode, error=error, finish_reason=reply.finish_reason if reply else None, max_tokens=call.cap,
+            retry=retry, round=call.round, cost=cost))
         if cid is not None:
-            ids.append(cid)
+            call.spent.call_ids.append(cid)
+
+    def _describe(self, exc: Exception) -> str:
+        status = getattr(exc, "status_code", None)
+        msg = str(getattr(exc, "message", "") or exc)
+        if self._api_key and len(self._api_key) >= 4:
+            msg = msg.replace(self._api_key, "[redacted]")
+        msg = msg[:300]
+        return f"HTTP {status}: {msg}" if status else f"{type(exc).__name__}: {msg}"
 
     @staticmethod
     def _with_instruction(messages: list[dict[str, Any]], schema: type[BaseModel]) -> list[dict[str, Any]]:
@@ -207,49 +267,8 @@ class LLMClient:
             out.insert(0, {"role": "system", "content": _schema_instruction(schema)})
         return out
 
-    # ------------------------------------------------------------- structured
-
-    def structured(self, role: str, messages: list[dict[str, Any]], schema: type[T],
-                   episode_id: Optional[str] = None) -> LLMResult[T]:
-        """A validated `schema` instance from the model, with one repair round."""
-        call_ids: list[int] = []
-        total = [0, 0, 0.0]
-        convo = list(messages)
-        last_error = ""
-        for _round in range(2):
-            raw, usage, ms, mode = self._call(role, episode_id, convo, schema, call_ids)
-            total[0] += usage[0]
-            total[1] += usage[1]
-            total[2] += ms
-            try:
-                value = schema.model_validate(extract_json(raw))
-                return LLMResult(value, raw, int(total[0]), int(total[1]), float(total[2]), call_ids, mode, convo)
-            except (ValueError, ValidationError) as exc:
-                last_error = _short(exc)
-                convo = convo + [
-                    {"role": "assistant", "content": raw},
-                    {"role": "user", "content": f"That reply could not be used: {last_error}\n"
-                                                f"Reply again with only the corrected JSON object."},
-                ]
-        raise LLMOutputError(f"{role}: the model's reply was not valid {schema.__name__} JSON "
-                             f"after one repair attempt: {last_error}")
-
-
-def _describe(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    msg = str(getattr(exc, "message", "") or exc)
-    return f"HTTP {status}: {msg[:300]}" if status else f"{type(exc).__name__}: {msg[:300]}"
-
-
-def _short(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        parts = [f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]]
-        return "; ".join(parts)
-    return str(exc)[:300]
-
 
 def reset_mode_cache() -> None:
     """Forget learned server modes and pooled clients (tests start servers on reused ports)."""
-    with _mode_lock:
-        _mode_cache.clear()
+    modes.forget()
     _openai_client.cache_clear()
