@@ -80,7 +80,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture()
-def fake_llm(monkeypatch: pytest.MonkeyPatch, db_url: str):
+def fake_llm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, db_url: str):
     """A running fake OpenAI-compatible server, with settings pointing at it."""
     from core.llm import client as llm
     from tests.fake_llm import FakeLLM
@@ -94,9 +94,13 @@ def fake_llm(monkeypatch: pytest.MonkeyPatch, db_url: str):
     config.reset_settings()
     llm.reset_mode_cache()
     yield fake
-    fake.stop()
-    llm.reset_mode_cache()
-    config.reset_settings()
+    try:
+        if not request.node.get_closest_marker("uncapped_ok"):
+            fake.assert_all_capped()  # no request may leave without a token cap
+    finally:
+        fake.stop()
+        llm.reset_mode_cache()
+        config.reset_settings()
 
 
 @pytest.fixture()

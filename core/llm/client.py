@@ -252,7 +252,7 @@ class LLMClient:
 
     def _describe(self, exc: Exception) -> str:
         status = getattr(exc, "status_code", None)
-        msg = str(getattr(exc, "message", "") or exc)
+        msg = re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", "") or exc))
         if self._api_key and len(self._api_key) >= 4:
             msg = msg.replace(self._api_key, "[redacted]")
         msg = msg[:300]
