@@ -10,6 +10,7 @@ from core import playbook as P
 from core import views
 from core.playbook import portability, versions
 from core.storage.models import DeltaOp
+from ui import outcome
 from ui.components import STATUS_ICON, call, friendly_errors, query_param
 
 st.title("📒 Playbooks")
@@ -68,16 +69,16 @@ def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
         st.html(f'<div style="background:#ffebe9;padding:6px">− [{op.bullet_id}] '
                 f'<del>{html.escape(op.before or texts.get(op.bullet_id or "", ""))}</del></div>')
     elif op.type == "TAG":
-        st.markdown(f"`[{op.bullet_id}]` {texts.get(op.bullet_id or '', '(no such bullet)')} → **{op.tag} +1**")
+        st.text(f"[{op.bullet_id}] {texts.get(op.bullet_id or '', '(no such bullet)')} → {op.tag} +1")
     elif op.type == "MERGE":
         for bid in op.bullet_ids:
             missing = html.escape(texts.get(bid, "(missing)"))
             st.html(f'<div style="background:#ffebe9;padding:4px">− [{bid}] {missing}</div>')
         st.html(f'<div style="background:#e6ffec;padding:6px">+ {html.escape(op.content or "")}</div>')
-    if op.justification:
-        st.caption(f"why: {op.justification}")
+    if op.justification:  # model text: shown as text, never markdown
+        st.text(f"why: {op.justification}")
     if op.evidence:
-        st.caption(f"evidence: {op.evidence}")
+        st.text(f"evidence: {op.evidence}")
 
 
 def decide(delta_id: str, ops: list[DeltaOp], approve: bool) -> None:
@@ -118,7 +119,7 @@ with tab_review, friendly_errors("show pending deltas"):
                         f"{d.status.replace('_', ' ')} · {len(item.ops)} op(s)"
                         + (f"  \nfrom a run of: _{task}_" if task else ""))
             if d.reasoning:
-                st.caption(f"curator's reasoning: {d.reasoning}")
+                st.text(f"curator's reasoning: {d.reasoning}")
             texts = views.current_texts(pid, [i for op in item.ops for i in ([op.bullet_id] if op.bullet_id else [])
                                               + list(op.bullet_ids or [])])
             open_ops = [op for op in item.ops if op.decision == "pending"]
@@ -148,6 +149,9 @@ with tab_review, friendly_errors("show pending deltas"):
                               width="stretch")
                     b2.button("❌ Reject", key=f"reject-{op.oid}", on_click=decide, args=(d.id, [op], False),
                               width="stretch")
+            if item.dropped:  # ops the model proposed that never reached this delta, and why
+                with st.container(border=True):
+                    outcome.dropped(item.dropped)
 
 # ------------------------------------------------------------------ bullets
 with tab_bullets, friendly_errors("show bullets"):
@@ -176,8 +180,8 @@ with tab_bullets, friendly_errors("show bullets"):
                     st.page_link("app_pages/reflection.py", label="its reflection", icon="🔍",
                                  query_params={"episode": b.source_episode_id})
                 for h in prov["history"]:
-                    st.caption(f"{h['type']} in version {h['version']} ({h['source']}, delta {h['delta']})"
-                               + (f": {h['justification']}" if h["justification"] else ""))
+                    st.text(f"{h['type']} in version {h['version']} ({h['source']}, delta {h['delta']})"
+                            + (f": {h['justification']}" if h["justification"] else ""))
                 if b.status == "active":
                     new_text = st.text_area("Text", b.content, key=f"bedit-{b.id}")
                     e1, e2, _ = st.columns([1, 1, 4])

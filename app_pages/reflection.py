@@ -1,8 +1,10 @@
-"""Reflection output: what the Reflector concluded from a real execution."""
+"""Reflection output: what the Reflector concluded from a real execution, and what the episode learned (or why
+not). Everything a model wrote is shown as text, never as markdown."""
 
 import streamlit as st
 
 from core import views
+from ui import outcome
 from ui.components import friendly_errors, query_param
 
 st.title("🔍 Reflections")
@@ -28,8 +30,12 @@ with friendly_errors("load reflections"):
         st.markdown(f"**Task** {ep.task}")
         st.caption(f"episode `{ep.id}` · {ep.status} · playbook `{ep.playbook_id}`")
         st.page_link("app_pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
+    learned = views.learning_outcome(pick)
     if refl is None:
         st.info("This episode has no reflection (yet).")
+        if not learned.empty:
+            st.subheader("Learning outcome")
+            outcome.summary(learned)
         st.stop()
     fields = [("Error identification", refl.error_identification), ("Root cause analysis", refl.root_cause_analysis),
               ("Correct approach", refl.correct_approach), ("Key insight", refl.key_insight)]
@@ -38,17 +44,21 @@ with friendly_errors("load reflections"):
         for col, (title, text) in zip(cols, row):
             with col.container(border=True):
                 st.subheader(title)
-                st.write(text or "—")
+                st.text(text or "—")
     if refl.reasoning:
         with st.expander("The Reflector's reasoning"):
-            st.write(refl.reasoning)
+            st.text(refl.reasoning)
     st.subheader("Bullets tagged")
     if not refl.bullet_tags:
         st.caption("The Reflector tagged no bullets (the generator used none, or none applied).")
     icons = {"helpful": "👍", "harmful": "👎", "neutral": "➖"}
-    texts = views.current_texts(refl.playbook_id, [t["id"] for t in refl.bullet_tags])
+    texts = views.current_texts(refl.playbook_id, [str(t.get("id")) for t in refl.bullet_tags])
     for t in refl.bullet_tags:
         c1, c2 = st.columns([5, 1], vertical_alignment="center")
-        c1.markdown(f"{icons.get(t['tag'], '')} **{t['tag']}** `[{t['id']}]` {texts.get(t['id'], '(no such bullet)')}")
+        bid, tag = str(t.get("id")), str(t.get("tag"))
+        c1.text(f"{icons.get(tag, '')} {tag} [{bid}] {texts.get(bid, '(no such bullet)')}")
         c2.page_link("app_pages/playbook.py", label="in the playbook", icon="📒",
-                     query_params={"playbook": refl.playbook_id, "bullet": t["id"]})
+                     query_params={"playbook": refl.playbook_id, "bullet": bid})
+    if not learned.empty:
+        st.subheader("Learning outcome")
+        outcome.summary(learned)

@@ -40,4 +40,4 @@ episode_id = query_param("episode")
 if episode_id:
     st.divider()
     with friendly_errors("show the episode"):
-        live_trace(episode_id)
+        live_trace(episode_id, query_param("call"))

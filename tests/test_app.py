@@ -80,7 +80,7 @@ def test_reflection_page_shows_fields(populated) -> None:
     at = app("app_pages/reflection.py", episode=populated["episode"])
     assert [h.value for h in at.subheader][:4] == ["Error identification", "Root cause analysis",
                                                   "Correct approach", "Key insight"]
-    assert any("guard empty input" in m.value for m in at.markdown)
+    assert any("guard empty input" in m.value for m in at.text)
 
 
 def test_approve_creates_a_version(populated) -> None:

@@ -24,6 +24,8 @@ from core.episodes.events import (
 )
 from core.playbook.lines import BEGIN_MARK, END_MARK, line_id
 from core.storage.models import Event
+from ui import outcome
+from ui.llm_calls import call_links, render_llm_calls, text_block
 
 STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "error": "⚠️",
                "cancelled": "🚫", "pending": "📝", "applied": "✅", "partially_applied": "🟡", "rejected": "🚫"}
@@ -158,27 +160,29 @@ def _retrieved_rows(p: dict[str, Any], used: set[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _op_line(op: dict[str, Any]) -> str:
-    t = op.get("type", "?")
-    if t == "TAG":
-        return f"- **TAG** `{op.get('bullet_id')}` → {op.get('tag')}"
-    if t == "REMOVE":
-        return f"- **REMOVE** `{op.get('bullet_id')}`"
-    if t == "MERGE":
-        ids = " + ".join(f"`{i}`" for i in op.get("bullet_ids") or [])
-        return f"- **MERGE** {ids} → {op.get('content') or ''}"
-    if t == "UPDATE":
-        return f"- **UPDATE** `{op.get('bullet_id')}` → {op.get('content') or ''}"
-    sec = f" _({op['section']})_" if op.get("section") else ""
-    return f"- **ADD**{sec} {op.get('content') or ''}"
+def _label_notes(e: Event) -> str:
+    """What the expander label says beside the step: an unusable reply, dropped ops, invented ids, call count."""
+    p = e.payload or {}
+    notes = []
+    if views.unusable_reply(e) is not None:
+        notes.append("⚠️ reply unusable")
+    if e.kind == "curate" and (n := len(views.dropped_ops(p.get("dropped")))):
+        notes.append(f"{n} op(s) dropped")
+    if n := views.invented_count(p):
+        notes.append(f"{n} invented id(s) ignored")
+    if n := len(views.call_ids_of(p)):
+        notes.append(f"{n} model call(s)")
+    return "".join(f" · {x}" for x in notes)
 
 
-def render_event(e: Event, language: str = "python") -> None:
-    """One trace event, read through its kind's payload type (`core.episodes.events`)."""
+def render_event(e: Event, language: str = "python", call_numbers: Optional[dict[int, int]] = None) -> None:
+    """One trace event, read through its kind's payload type (`core.episodes.events`). Whatever a model wrote
+    is shown as text (or escaped HTML), never as markdown."""
     p = e.payload or {}
     label = f"{KIND_ICON.get(e.kind, '•')} {_step_label(e)}"
     if e.duration_ms is not None:
         label += f" · {fmt_ms(e.duration_ms)}"
+    label += _label_notes(e)
     if e.kind == "route":
         route = cast(RoutePayload, p)
         text = f"{KIND_ICON['route']} route: {route.get('reason', '')}"
@@ -189,23 +193,31 @@ def render_event(e: Event, language: str = "python") -> None:
         st.markdown(text)
         return
     if e.kind == "error":
-        st.error(f"{label}: {p.get('message')}")
+        st.error(label)
+        text_block(str(p.get("message") or ""))
+        return
+    if e.kind == "apply" and (reason := views.skipped_reason(p)) is not None:
+        outcome.skipped(reason)
         return
     if e.kind == "evaluate":
         ev = cast(EvaluatePayload, p)
         box = st.success if ev.get("passed") else st.warning
         box(f"{label}: {'PASSED' if ev.get('passed') else 'FAILED'} "
             f"{ev.get('total', 0) - len(ev.get('failed') or [])}/{ev.get('total', 0)} checks")
-        for f in (ev.get("failed") or [])[:20]:
-            st.markdown(f"- `{f}`")
+        failed = (ev.get("failed") or [])[:20]
+        if failed:
+            st.text("\n".join(f"- {f}" for f in failed))
         return
     with st.expander(label, expanded=e.kind in ("execute",)):
+        if (bad := views.unusable_reply(e)) is not None:  # a model step whose reply could not be used
+            outcome.unusable(bad)
         if e.kind in ("generate", "review", "optimize"):
             gen = cast(GeneratePayload, p)
             used = set(gen.get("bullet_ids") or [])
-            st.markdown(f"**prompt tokens** {gen.get('prompt_tokens', 0):,} · **completion tokens** "
-                        f"{gen.get('completion_tokens', 0):,} · **bullets used** "
-                        + (", ".join(f"`{b}`" for b in sorted(used)) if used else "none"))
+            st.text(f"prompt tokens {gen.get('prompt_tokens', 0):,} · completion tokens "
+                    f"{gen.get('completion_tokens', 0):,} · bullets used "
+                    + (", ".join(str(b) for b in sorted(used)) if used else "none"))
+            outcome.step_notes(e.kind, p)
             if gen.get("retrieved"):
                 st.caption("Bullets retrieved into the prompt, with their ranking signals")
                 st.dataframe(_retrieved_rows(p, used), hide_index=True, width="stretch",
@@ -218,7 +230,7 @@ def render_event(e: Event, language: str = "python") -> None:
                 st.caption(f"{m.get('role', '')} message")
                 st.html(highlight_bullets(str(m.get("content", "")), used))
             if gen.get("reasoning"):
-                st.markdown(f"**Reasoning** {gen['reasoning']}")
+                st.text(f"Reasoning: {gen['reasoning']}")
             if gen.get("code"):
                 st.code(gen["code"], language=language)
         elif e.kind == "execute":
@@ -231,7 +243,8 @@ def render_event(e: Event, language: str = "python") -> None:
             out, err = "".join(ex.get("logs", {}).get("stdout", [])), "".join(ex.get("logs", {}).get("stderr", []))
             er = ex.get("error") or {}
             if er:
-                st.error(f"{er.get('name')}: {er.get('value')}")
+                st.error("The code raised an exception")
+                text_block(f"{er.get('name')}: {er.get('value')}")
             if out:
                 st.markdown("**stdout**")
                 st.code(out[-20000:], language="text")
@@ -249,16 +262,18 @@ def render_event(e: Event, language: str = "python") -> None:
             r = refl.get("reflection") or {}
             for k in ("error_identification", "root_cause_analysis", "correct_approach", "key_insight"):
                 if r.get(k):
-                    st.markdown(f"**{k.replace('_', ' ').capitalize()}**: {r[k]}")
+                    st.text(f"{k.replace('_', ' ').capitalize()}: {r[k]}")
             tags = r.get("bullet_tags") or []
             if tags:
-                st.markdown("**Bullets tagged**: " + ", ".join(f"`{t.get('id')}` {t.get('tag')}" for t in tags))
+                st.text("Bullets tagged: " + ", ".join(f"{t.get('id')} {t.get('tag')}" for t in tags))
+            outcome.step_notes(e.kind, p)
         elif e.kind == "curate":
             cur = cast(CuratePayload, p).get("curation") or {}
             ops = cur.get("operations") or []
             if cur.get("reasoning"):
-                st.caption(cur["reasoning"])
-            st.markdown("\n".join(_op_line(op) for op in ops) if ops else "No operations proposed.")
+                st.text(f"Reasoning: {cur['reasoning']}")
+            st.text("\n".join(f"- {views.op_summary(op)}" for op in ops) if ops else "No operations proposed.")
+            outcome.step_notes(e.kind, p)
         elif e.kind == "apply":
             ap = cast(ApplyPayload, p)
             results = ap.get("results") or []
@@ -269,13 +284,14 @@ def render_event(e: Event, language: str = "python") -> None:
                             f"(delta `{ap.get('delta_id')}`): "
                             + ", ".join(f"{r.get('type')} `{r.get('bullet_id')}`" for r in results))
             for r in ap.get("rejected") or []:
-                st.markdown(f"- not applied: {r}")
+                st.text(f"- not applied: {r}")
             st.json(p, expanded=False)
         else:
             st.json(p, expanded=False)
+        call_links(e.episode_id, views.call_ids_of(p), call_numbers or {})
 
 
-def render_trace(episode_id: str) -> None:
+def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
     ep = views.get_episode(episode_id)
     if ep is None:
         st.info(f"No episode {episode_id}.")
@@ -301,12 +317,15 @@ def render_trace(episode_id: str) -> None:
             jobs.cancel(ep.job_id)
             st.toast("Cancellation requested")
     if ep.error:
-        st.error(ep.error)
+        st.error("The episode ended with an error")
+        text_block(ep.error)
     evs = views.events(ep.id)
     fig = timeline(evs)
     if fig is not None:
         with st.expander("Timeline"):
             st.plotly_chart(fig, width="stretch", key=f"timeline-{ep.id}-{len(evs)}")
+    calls = views.llm_calls(ep.id, also=[i for e in evs for i in views.call_ids_of(e.payload)])
+    numbers = {c.id: c.n for c in calls}
     live_output: dict[int, list[str]] = {}
     executed = {e.attempt for e in evs if e.kind == "execute"}
     for e in evs:
@@ -314,10 +333,12 @@ def render_trace(episode_id: str) -> None:
             if e.attempt not in executed:
                 live_output.setdefault(e.attempt or 0, []).append(e.payload.get("text", ""))
             continue
-        render_event(e, ep.language)
+        render_event(e, ep.language, numbers)
     for attempt, chunks in live_output.items():
         st.caption(f"live output, attempt {attempt}")
         st.code("".join(chunks)[-20000:], language="text")
+    if calls or not sandbox_only:
+        render_llm_calls(ep.id, focus_call, calls)
     links: list[tuple[str, str, str, dict[str, str]]] = []
     if ep.delta_id:
         d = views.delta_with_ops(ep.delta_id)
@@ -332,14 +353,14 @@ def render_trace(episode_id: str) -> None:
         col.page_link(page, label=label, icon=icon, query_params=params)
 
 
-def live_trace(episode_id: str) -> None:
-    """Refresh every second while the episode runs, then stop refreshing."""
+def live_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
+    """Refresh every second while the episode runs, then stop refreshing; `focus_call` opens one model call."""
     ep = views.get_episode(episode_id)
     running = ep is not None and ep.status in ("queued", "running")
 
     @st.fragment(run_every=1.0 if running else None)
     def _view() -> None:
-        render_trace(episode_id)
+        render_trace(episode_id, focus_call)
         now = views.get_episode(episode_id)
         if running and now is not None and now.status not in ("queued", "running"):
             st.rerun()
