@@ -10,7 +10,7 @@ from core.llm.client import LLMClient, LLMError, LLMNotConfigured, LLMOutputErro
 from core.roles import CuratorOutput, GeneratorOutput, LLMCurator, LLMGenerator, ReflectorOutput
 from core.storage.db import read_session
 from core.storage.models import LLMCall
-from tests.fake_llm import Delay, Status
+from tests.fake_llm import Delay, Endless, Status, Trickle, Truncated
 
 
 class Answer(BaseModel):
@@ -108,6 +108,7 @@ def test_settings_public_view_hides_secrets(settings_env) -> None:
     assert s.public()["openai_api_key"] == "set"
 
 
+@pytest.mark.uncapped_ok
 def test_streaming_replies_are_served(fake_llm) -> None:
     import openai
 
@@ -124,7 +125,120 @@ def test_roles_send_playbook_in_system_message_and_parse(fake_llm) -> None:
     assert isinstance(g.value, GeneratorOutput) and g.value.code == "print(1)"
     sys_msg, user_msg = fake_llm.chat_requests()[-1]["messages"]
     assert "[py-00001]" in sys_msg["content"] and "[py-00001]" not in user_msg["content"]
-    fake_llm.reply({"reasoning": "x", "operations": [{"type": "BOGUS"}]},
-                   {"reasoning": "x", "operations": [{"type": "ADD", "content": "c", "section": "Pitfalls"}]})
+    fake_llm.reply({"reasoning": "x", "operations": [{"type": "BOGUS"},
+                                                     {"type": "ADD", "content": "c", "section": "Pitfalls"}]})
     c = LLMCurator(llm).curate("t", ReflectorOutput(), "", "failed")
     assert isinstance(c.value, CuratorOutput) and c.value.operations[0].section == "pitfalls"
+    assert [d["op"] for d in c.value.dropped] == [{"type": "BOGUS"}] and c.calls == 1  # judged op by op
+
+
+def test_every_request_carries_the_role_cap(fake_llm, settings_env) -> None:
+    settings_env(ACE_MAX_TOKENS_CURATOR="321")
+    fake_llm.reply({"value": 1}, {"value": 2}, {"value": 3})
+    llm = LLMClient(backoff_base=0)
+    llm.structured("curator", [{"role": "user", "content": "x"}], Answer)
+    llm.structured("generator", [{"role": "user", "content": "x"}], Answer)
+    llm.structured("expand", [{"role": "user", "content": "x"}], Answer, max_tokens=17)
+    assert [r["max_tokens"] for r in fake_llm.chat_requests()] == [321, 2048, 17]
+    assert [c.max_tokens for c in calls()] == [321, 2048, 17]
+
+
+def test_the_working_mode_survives_a_new_process_and_is_retried_later(fake_llm) -> None:
+    from datetime import timedelta
+
+    from core.llm.client import reset_mode_cache
+    from core.storage.db import write_session
+    from core.storage.models import LLMEndpointMode
+
+    fake_llm.reject_json_schema = True
+    fake_llm.reply({"value": 1}, {"value": 2})
+    LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    reset_mode_cache()  # what a new process knows: only the database
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.mode == "json_object" and r.calls == 1
+    assert len(fake_llm.chat_requests()) == 3  # one refusal in all
+    with write_session() as s:  # a day later the server may have learned json_schema
+        row = s.get(LLMEndpointMode, (fake_llm.base_url.rstrip("/"), "fake-model"))
+        assert row is not None and row.mode == "json_object"
+        row.refused_at = row.refused_at - timedelta(hours=25)
+    reset_mode_cache()
+    fake_llm.reject_json_schema = False
+    fake_llm.reply({"value": 3})
+    assert LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer).mode == "json_schema"
+
+
+def test_only_a_400_about_the_output_format_steps_down_a_mode(fake_llm) -> None:
+    fake_llm.reply(Status(400, "this model's maximum context length is 8192 tokens"))
+    with pytest.raises(LLMError, match="refused the request: HTTP 400: this model's maximum context") as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert not isinstance(err.value, LLMUnavailable)
+    assert [r["response_format"]["type"] for r in fake_llm.chat_requests()] == ["json_schema"]
+
+
+def test_a_key_echoed_by_the_server_is_never_stored_or_raised(fake_llm) -> None:
+    fake_llm.reply(Status(401, "Incorrect API key provided: Bearer sk-test-secret-key-never-logged"))
+    with pytest.raises(LLMUnavailable) as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert "never-logged" not in str(err.value) and "[redacted]" in str(err.value)
+    assert "never-logged" not in (calls()[0].error or "")
+
+
+def test_failed_requests_count_in_what_a_call_spent(fake_llm) -> None:
+    fake_llm.reply("not json", "still not json")
+    with pytest.raises(LLMOutputError) as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    spent = err.value.spent
+    assert spent.calls == 2 and spent.completion_tokens > 0 and spent.latency_ms > 0
+    assert err.value.raw == "still not json"
+    assert [c.round for c in calls()] == [1, 2]
+
+
+def test_a_reply_looping_to_the_cap_is_recognised_as_truncated(fake_llm) -> None:
+    fake_llm.reply(Endless('{"value": 1, "more": [', '"again", '), Endless('{"value": 1, "more": [', '"x", '))
+    with pytest.raises(LLMOutputError, match="truncated at 40 tokens") as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer, max_tokens=40)
+    repair = fake_llm.chat_requests()[-1]["messages"]
+    assert "cut off at 40 tokens" in repair[-1]["content"] and len(repair) == 2  # the cut text is not re-sent
+    assert [c.finish_reason for c in calls()] == ["length", "length"] and err.value.spent.completion_tokens == 80
+
+
+def test_a_truncated_reply_then_a_short_one_is_used(fake_llm) -> None:
+    fake_llm.reply(Truncated('{"value": 1'), {"value": 2})
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 2 and r.calls == 2
+
+
+def test_retry_after_is_honoured(fake_llm) -> None:
+    fake_llm.reply(Status(429, "slow down", {"Retry-After": "1"}), {"value": 5})
+    t0 = time.monotonic()
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert r.value.value == 5 and 1.0 <= time.monotonic() - t0 < 2.5
+    assert [c.retry for c in calls()] == [0, 1]
+
+
+def test_a_retry_after_past_the_deadline_fails_at_once(fake_llm, settings_env) -> None:
+    settings_env(ACE_LLM_TIMEOUT="2")
+    fake_llm.reply(Status(429, "slow down", {"Retry-After": "60"}))
+    t0 = time.monotonic()
+    with pytest.raises(LLMTimeout, match="asked to wait"):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_a_trickling_server_cannot_outlast_the_deadline(fake_llm, settings_env) -> None:
+    settings_env(ACE_LLM_TIMEOUT="0.6")
+    fake_llm.reply(Trickle({"value": 1, "pad": "x" * 200}, every_s=0.05))
+    t0 = time.monotonic()
+    with pytest.raises(LLMTimeout):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 1.2
+
+
+def test_the_episode_budget_bounds_a_call(fake_llm) -> None:
+    from core.llm.deadline import episode_budget
+
+    fake_llm.reply(Delay(2.0, {"value": 1}))
+    t0 = time.monotonic()
+    with episode_budget(0.4), pytest.raises(LLMTimeout):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 1.0

@@ -134,7 +134,8 @@ class LLMClient:
         for call.round in (1, 2):
             reply, mode = self._answer(call, convo, schema)
             if reply.finish_reason == "length":
-                problem = f"truncated at {reply.completion_tokens or call.cap} tokens (the cap)"
+                got = reply.completion_tokens or call.cap
+                problem = f"truncated at {got} tokens ({'the cap' if got >= call.cap else 'the server stopped it'})"
                 convo = messages + [{"role": "user", "content": (
                     f"Your last answer was cut off at {call.cap} tokens, the most you may write. Answer again, "
                     "much shorter: one complete JSON object, a few items at most in every list, a sentence or "
