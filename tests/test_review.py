@@ -10,7 +10,7 @@ from core.episodes.review import role_playbooks
 from core.loop import TaskSpec, episode_events, run_episode
 from core.storage.db import read_session
 from core.storage.models import Delta, Episode
-from tests.scripted import add, cur, gen, refl
+from tests.scripted import add, cur, gen, refl, scripted_roles, timed_out, truncated
 
 TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"
 GOOD = "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"
@@ -42,7 +42,7 @@ def test_three_roles_review_optimize_rerun_and_learn_into_their_own_playbooks(fa
                    cur(add("A ZeroDivisionError in the run means: optimize")),
                    refl("add the guard first"), cur(add("Fix the crash the traceback names before anything else")))
     r = run_episode(spec(max_iterations=3))
-    assert (r.status, r.success, r.attempts, r.code) == ("succeeded", True, 2, GOOD)
+    assert (r.status, r.success, r.attempts, r.code.strip()) == ("succeeded", True, 2, GOOD.strip())
     assert steps(r.episode_id) == [
         ("route", None), ("generate", "generator"), ("execute", "generator"), ("evaluate", "generator"),
         ("review", "reviewer"), ("optimize", "optimizer"), ("execute", "optimizer"), ("evaluate", "optimizer"),
@@ -113,3 +113,65 @@ def test_frozen_review_episode_does_not_learn(fake_llm) -> None:
     r = run_episode(spec(learn=False, max_iterations=3))
     assert (r.success, r.attempts, r.delta_id) == (True, 3, None)
     assert "reflect" not in [k for k, _ in steps(r.episode_id)] and fake_llm.pending == 0
+
+
+# ------------------------------------------------------------------ unusable replies (scripted roles, no HTTP)
+
+
+def test_unusable_replies_cost_attempts_and_each_role_says_why_it_learned_nothing(db_url) -> None:
+    roles = scripted_roles(generator=[truncated(), gen(BAD)], reviewer=[timed_out()],
+                           optimizer=[truncated(), opt(GOOD)],
+                           reflector=[refl("guard"), refl("rewrite")], curator=[cur(), cur()])
+    r = run_episode(spec(max_iterations=4), roles=roles)
+    assert (r.status, r.success, r.attempts) == ("succeeded", True, 4)
+    assert [(k, role, e.attempt) for (k, role), e in zip(steps(r.episode_id), _events(r.episode_id))] == [
+        ("route", None, None), ("generate", "generator", 1), ("generate", "generator", 2),
+        ("execute", "generator", 2), ("evaluate", "generator", 2), ("review", "reviewer", 2),
+        ("optimize", "optimizer", 3), ("optimize", "optimizer", 4), ("execute", "optimizer", 4),
+        ("evaluate", "optimizer", 4),
+        ("reflect", "generator", None), ("curate", "generator", None), ("apply", "generator", None),
+        ("apply", "reviewer", None),
+        ("reflect", "optimizer", None), ("curate", "optimizer", None), ("apply", "optimizer", None)]
+    evs = _events(r.episode_id)
+    review = next(e for e in evs if e.kind == "review").payload
+    assert review["error_type"] == "LLMTimeout" and review["forced"] is True  # failing code is optimized anyway
+    skipped = [e.payload for e in evs if e.kind == "apply" and e.payload["status"] == "skipped"]
+    assert [(p["role"], p["reason"]) for p in skipped] == [("reviewer", "no reply of the reviewer could be used")]
+    assert r.learning_skipped == "reviewer: no reply of the reviewer could be used"
+    # the optimizer was asked again under the same review, told why its reply could not be used
+    assert "could not be used" in roles.optimizer.calls[1]["feedback"]
+    # the generator's Reflector saw its unusable attempt and its real one
+    assert [a.number for a in roles.reflector.calls[0]["attempts"]] == [1, 2]
+    with read_session() as s:
+        ep = s.get(Episode, r.episode_id)
+        assert (ep.status, ep.attempts) == ("succeeded", 4)
+        # 6 good answers (generator, optimizer, 2 reflections, 2 curations) and 3 unusable ones
+        assert ep.tokens == 6 * 150 + 184 + 0 + 184
+
+
+def test_a_generator_that_never_answers_usably_ends_failed_without_review(db_url) -> None:
+    roles = scripted_roles(generator=[truncated(), truncated()], reviewer=[], optimizer=[])
+    r = run_episode(spec(max_iterations=2), roles=roles)
+    assert (r.status, r.success, r.attempts, r.code) == ("failed", False, 2, None)
+    assert [k for k, _ in steps(r.episode_id)] == ["route", "generate", "generate", "apply"]
+    assert r.learning_skipped == "generator: no attempt produced code"
+    with read_session() as s:
+        ep = s.get(Episode, r.episode_id)
+        assert (ep.status, ep.success, ep.attempts, ep.error) == ("failed", False, 2, None)
+
+
+def test_reviewer_and_optimizer_ids_not_in_their_prompts_are_dropped(db_url) -> None:
+    pbs = role_playbooks("rv")
+    P.apply_delta(pbs["reviewer"], [add("Reviewer lesson: look for empty inputs")])
+    (rb,) = P.active_bullets(pbs["reviewer"])
+    roles = scripted_roles(generator=[gen(BAD)], reviewer=[rev(True, "crash", bullet_ids=[rb.id, "b-09999"])],
+                           optimizer=[opt(GOOD, ["b-00001", "made-up"])],
+                           reflector=[refl(), refl(), refl()], curator=[cur(), cur(), cur()])
+    r = run_episode(spec(learn=True), roles=roles)
+    evs = {e.kind: e.payload for e in _events(r.episode_id) if e.kind in ("review", "optimize")}
+    assert (evs["review"]["bullet_ids"], evs["review"]["invented_ids"]) == ([rb.id], 1)
+    assert (evs["optimize"]["bullet_ids"], evs["optimize"]["invented_ids"]) == ([], 2)  # its playbook is empty
+
+
+def _events(episode_id: str) -> list[Any]:
+    return [e for e in episode_events(episode_id) if e.kind != "output"]

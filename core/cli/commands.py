@@ -44,9 +44,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     except ValidationError as exc:
         return fail(f"invalid task: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", EXIT_USAGE)
     result = run_episode(spec, on_event=TracePrinter())
+    # the result's counts are the ones stored on the episode's row (unusable replies are attempts too)
     print(f"episode {result.episode_id}: {result.status} after {result.attempts} attempt(s)"
-          + (f"; delta {result.delta_id}" if result.delta_id else ""))
-    if result.status == "error":
+          + (f"; delta {result.delta_id}" if result.delta_id else "")
+          + (f"; learning skipped: {result.learning_skipped}" if result.learning_skipped else ""))
+    if result.status == "error":  # could not run: no model reachable, no sandbox, a crash
         return fail(result.error or "the episode could not run", EXIT_ERROR)
     return EXIT_OK if result.success else EXIT_FAILED
 

@@ -1,5 +1,6 @@
 """An episode's trace, printed live as `ace run` receives it: one line per event, program output indented."""
 
+import re
 import sys
 from typing import Any, Optional, cast
 
@@ -12,6 +13,7 @@ from core.episodes.events import (
     GeneratePayload,
     OutputPayload,
     ReflectPayload,
+    ReviewPayload,
     RoutePayload,
     TraceEvent,
 )
@@ -45,15 +47,43 @@ class TracePrinter:
         print(f"[{kind}{att}]{ms}{_detail(kind, p)}", flush=True)
 
 
+def _unusable(p: Any) -> str:
+    """Why a role's reply could not be used (a model's words may be in it: control characters go), and
+    what the failed calls still cost."""
+    why = _CONTROL.sub("?", str(p.get("error")))
+    return (f" reply unusable: {why}; {p.get('prompt_tokens', 0)}+{p.get('completion_tokens', 0)} tokens"
+            + (f"; raw reply: {_clip(p['response'], 200)!r}" if p.get("response") else ""))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _invented(p: Any) -> str:
+    n = p.get("invented_ids") or 0
+    return f" ({n} invented id(s) dropped)" if n else ""
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _detail(kind: str, p: dict[str, Any]) -> str:
     """What an event's one line says after its kind, read through the kind's payload type."""
     if kind == "route":
         r = cast(RoutePayload, p)
         return f" {r.get('reason', '')}; review: {r.get('review_mode', '-')}; backend: {r.get('backend', '-')}"
-    if kind == "generate":
+    if kind in ("generate", "optimize"):
         g = cast(GeneratePayload, p)
+        if g.get("error"):
+            return _unusable(g) + "; no code ran"
         return (f" {g.get('prompt_tokens', 0)}+{g.get('completion_tokens', 0)} tokens; bullets used: "
-                f"{', '.join(g.get('bullet_ids') or []) or 'none'}")
+                f"{', '.join(g.get('bullet_ids') or []) or 'none'}{_invented(g)}")
+    if kind == "review":
+        rv = cast(ReviewPayload, p)
+        if rv.get("error"):
+            return _unusable(rv)
+        return f" needs optimization: {rv.get('needs_optimization')}" + ("; forced" if rv.get("forced") else "")
     if kind == "execute":
         x = cast(ExecutePayload, p)
         ex = x.get("execution") or {}
@@ -66,15 +96,38 @@ def _detail(kind: str, p: dict[str, Any]) -> str:
         return (f" {'PASSED' if v.get('passed') else 'FAILED'} {v.get('total', 0) - len(failed)}/{v.get('total', 0)}"
                 + "".join(f"\n    - {f}" for f in failed[:10]))
     if kind == "reflect":
-        return f" key insight: {(cast(ReflectPayload, p).get('reflection') or {}).get('key_insight', '')}"
+        rf = cast(ReflectPayload, p)
+        if rf.get("error"):
+            return _unusable(rf)
+        return f" key insight: {(rf.get('reflection') or {}).get('key_insight', '')}{_invented(rf)}"
     if kind == "curate":
-        ops = (cast(CuratePayload, p).get("curation") or {}).get("operations") or []
-        return f" {len(ops)} operations" + "".join(
-            f"\n    {o['type']} {o.get('bullet_id') or ''} {(o.get('content') or '')[:100]}" for o in ops)
+        c = cast(CuratePayload, p)
+        if c.get("error"):
+            return _unusable(c)
+        ops = (c.get("curation") or {}).get("operations") or []
+        dropped = c.get("dropped") or []
+        return (f" {len(ops)} operations" + (f", {len(dropped)} dropped" if dropped else "")
+                + "".join(f"\n    {o['type']} {o.get('bullet_id') or ''} {(o.get('content') or '')[:100]}"
+                          for o in ops)
+                + "".join(f"\n    dropped: {_op_name(d.get('op'))}: {d.get('reason')}" for d in dropped[:10]))
     if kind == "apply":
         a = cast(ApplyPayload, p)
+        status = a.get("status")
+        if status == "skipped":
+            return f" learning skipped: {a.get('reason')}"
+        if status == "empty" or not a.get("operations"):
+            return " nothing to apply" + (f" ({a.get('dropped')} operation(s) dropped)" if a.get("dropped") else "")
+        if status == "pending":
+            return f" delta {a.get('delta_id')} waits for review ({a.get('operations')} operation(s))"
         version = f" -> version {a['version']}" if a.get("version") else ""
-        return f" {a.get('status')} delta {a.get('delta_id')}{version}"
+        return f" {status} delta {a.get('delta_id')}{version}"
     if kind == "error":
         return f" {cast(ErrorPayload, p).get('message')}"
     return ""
+
+
+def _op_name(op: Any) -> str:
+    if not isinstance(op, dict):
+        return _clip(str(op), 60)
+    ids = " ".join(str(i) for i in [op.get("bullet_id"), *(op.get("bullet_ids") or [])] if i)
+    return _clip(f"{op.get('type', '?')} {ids}".strip(), 60)

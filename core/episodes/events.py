@@ -13,20 +13,36 @@ from typing import Any, Literal, Optional, TypedDict
 EventKind = Literal["route", "generate", "output", "execute", "evaluate", "review", "optimize", "reflect", "curate",
                     "apply", "error"]
 StreamName = Literal["stdout", "stderr"]
-ApplyStatus = Literal["empty", "applied", "pending"]
+ApplyStatus = Literal["empty", "applied", "pending", "skipped"]
 
 
 class LLMFields(TypedDict, total=False):
-    """What every step that called a model records about the call."""
+    """What every step that called a model records about the call.
+
+    A call whose reply could not be used has `error` (why) and `error_type` (the `LLMError` class), and
+    `response` holds the last raw reply (or None); its tokens, latency, calls and cost still count.
+    """
 
     messages: list[dict[str, Any]]
-    response: str
+    response: Optional[str]
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
     llm_mode: str
     call_ids: list[int]
+    calls: int  # requests made: retries, refused modes and the repair round included
+    cost: float
+    finish_reason: Optional[str]
+    error: str
+    error_type: str
     role: str
+
+
+class ClaimedIds(TypedDict, total=False):
+    """Bullet ids a model named that were not in its prompt: dropped, never shown as used nor tagged."""
+
+    invented_ids: int  # how many
+    invented: list[str]  # the first few, clipped
 
 
 class RetrievedBullet(TypedDict, total=False):
@@ -48,8 +64,10 @@ class RoutePayload(TypedDict, total=False):
     role: str
 
 
-class GeneratePayload(LLMFields, total=False):
-    """A Generator's (or the Optimizer's) code and the bullets it was shown and says it used."""
+class GeneratePayload(LLMFields, ClaimedIds, total=False):
+    """A Generator's (or the Optimizer's) code and the bullets it was shown and used (among those shown).
+
+    With `error` the reply could not be used: no code ran, and the attempt failed with that feedback."""
 
     code: str
     reasoning: str
@@ -57,7 +75,7 @@ class GeneratePayload(LLMFields, total=False):
     retrieved: list[RetrievedBullet]
 
 
-class ReviewPayload(LLMFields, total=False):
+class ReviewPayload(LLMFields, ClaimedIds, total=False):
     needs_optimization: bool
     forced: bool
     issues: list[str]
@@ -93,19 +111,34 @@ class EvaluatePayload(TypedDict, total=False):
     role: str
 
 
-class ReflectPayload(LLMFields, total=False):
-    reflection: dict[str, Any]  # `core.roles.ReflectorOutput` as JSON
+class ReflectPayload(LLMFields, ClaimedIds, total=False):
+    """`invented_ids`: bullet tags on ids that were not among the bullets used, dropped."""
+
+    reflection: dict[str, Any]  # `core.roles.ReflectorOutput` as JSON, its bullet tags the kept ones
+
+
+class DroppedOp(TypedDict):
+    """An operation a model proposed that did not reach the delta, and why."""
+
+    op: Any  # the op as proposed (a dict; whatever the model sent when it did not parse)
+    reason: str
 
 
 class CuratePayload(LLMFields, total=False):
-    curation: dict[str, Any]  # `core.roles.CuratorOutput` as JSON: reasoning and operations
+    curation: dict[str, Any]  # `core.roles.CuratorOutput` as JSON: reasoning and the operations kept
+    dropped: list[DroppedOp]  # invalid ops, ids not in the Curator's prompt, second TAGs on one bullet
 
 
 class ApplyPayload(TypedDict, total=False):
-    delta_id: str
+    """How learning ended: a delta applied or pending, an empty one ("empty": nothing to apply), or
+    "skipped" with the `reason` (a role's reply was unusable, no code ran, the time budget ran out)."""
+
+    delta_id: Optional[str]
     review_mode: str
     operations: int
+    dropped: int
     status: ApplyStatus
+    reason: str
     version: Optional[int]
     results: list[dict[str, Any]]
     rejected: list[dict[str, Any]]

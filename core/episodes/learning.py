@@ -8,14 +8,35 @@ import re
 from typing import Any, Optional
 
 from core.config import get_settings
-from core.episodes.events import ApplyPayload, ApplyStatus, CuratePayload, ErrorPayload, ReflectPayload, RoutePayload
+from core.episodes.calls import (
+    OUT_OF_TIME,
+    add_spent,
+    claimed_fields,
+    clip_id,
+    failure_fields,
+    ids_in_prompt,
+    out_of_time,
+    result_fields,
+    spent_of,
+)
+from core.episodes.events import (
+    ApplyPayload,
+    ApplyStatus,
+    CuratePayload,
+    DroppedOp,
+    ErrorPayload,
+    ReflectPayload,
+    RoutePayload,
+)
+from core.episodes.outcome import stored_totals, zero_totals
 from core.episodes.spec import Roles
 from core.episodes.store import check_cancel, learned_delta, load_episode, update_episode
 from core.episodes.trace import StepError, Trace, step_name
+from core.llm.errors import LLMError
 from core.playbook import OpIn, bullet_line, ensure_playbook, get_bullet, render, retrieve, submit_delta
 from core.playbook.lines import marked_bullet_ids
 from core.retrieval import similar_pairs
-from core.roles import Attempt
+from core.roles import Attempt, BulletTag, ReflectorOutput
 from core.storage.db import read_session, write_session
 from core.storage.models import Episode, Reflection, utcnow
 
@@ -31,62 +52,149 @@ def _used_bullets_text(playbook_id: str, ids: list[str]) -> str:
 
 
 
+def skip_learning(trace: Trace, ep: Any, reason: str, totals: dict[str, float],
+                  finish: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Learning did not happen: an `apply` event with status "skipped" and why (with the episode's final
+    state when `finish` is given), so the trace says "learning skipped: <reason>"."""
+    ep_update = _finished(finish, totals)
+    trace.emit("apply", ApplyPayload(delta_id=None, review_mode=ep.review_mode, operations=0, status="skipped",
+                                     reason=reason, version=None), episode=ep_update or None)
+    return {"episode_id": ep.id, "reflection": None, "curation": None, "delta_id": None, "version": None,
+            "status": "skipped", "reason": reason, "dropped": []}
+
+
+def _finished(finish: Optional[dict[str, Any]], totals: dict[str, float]) -> dict[str, Any]:
+    if finish is None:
+        return {}
+    return {**finish, "finished_at": utcnow(), **stored_totals(totals)}
+
+
 def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attempts: list[Attempt],
                        used: list[str], ground_truth: Optional[str], outcome: str, totals: dict[str, float],
                        job_id: Optional[str] = None, reflector_instructions: str = "",
-                       curator_instructions: str = "", finish: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                       curator_instructions: str = "", finish: Optional[dict[str, Any]] = None,
+                       skip_unusable: bool = True) -> dict[str, Any]:
     """The learning half: reflection on real feedback, then a delta (applied or pending).
 
     `finish`: episode fields to set with the apply event (the episode's final state), saving a write.
+    `skip_unusable`: when the Reflector or the Curator gives no usable reply (an `LLMError`), learning is
+    skipped (the `apply` event says why) and the episode keeps its verdict; False (learning from an
+    agent's trajectory, where learning is the whole job) raises it as a `StepError` instead, once the
+    failed call is in the trace. Bullet ids a role names that were not in its prompt are dropped.
     """
+    if skip_unusable and out_of_time():
+        return skip_learning(trace, ep, OUT_OF_TIME, totals, finish)
     rows: list[Any] = []
+    used_text = _used_bullets_text(ep.playbook_id, used)
+    failed: Optional[LLMError] = None
     with step_name("reflect"), trace.step("reflect", rows=rows) as p:
-        refl = roles.reflector.reflect(task, attempts, _used_bullets_text(ep.playbook_id, used), ground_truth, ep.id,
-                                       reflector_instructions)
-        p.update(ReflectPayload(messages=refl.messages, response=refl.raw, reflection=refl.value.model_dump(),
-                                prompt_tokens=refl.prompt_tokens, completion_tokens=refl.completion_tokens,
-                                latency_ms=refl.latency_ms, call_ids=refl.call_ids))
-        r = refl.value
-        rows.append(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
-                               error_identification=r.error_identification,
-                               root_cause_analysis=r.root_cause_analysis, correct_approach=r.correct_approach,
-                               key_insight=r.key_insight, bullet_tags=[t.model_dump() for t in r.bullet_tags]))
-    totals["tokens"] += refl.prompt_tokens + refl.completion_tokens
-    totals["llm_ms"] += refl.latency_ms
+        try:
+            refl = roles.reflector.reflect(task, attempts, used_text, ground_truth, ep.id, reflector_instructions)
+        except LLMError as exc:
+            failed = exc
+            p.update(failure_fields(exc))
+            add_spent(totals, exc.spent)
+        else:
+            add_spent(totals, spent_of(refl))
+            r, invented = _honest_tags(refl.value, ids_in_prompt(used, used_text, messages=refl.messages))
+            p.update(ReflectPayload(reflection=r.model_dump(), **result_fields(refl), **claimed_fields(invented)))
+            rows.append(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
+                                   error_identification=r.error_identification,
+                                   root_cause_analysis=r.root_cause_analysis, correct_approach=r.correct_approach,
+                                   key_insight=r.key_insight, bullet_tags=[t.model_dump() for t in r.bullet_tags]))
+    if failed is not None:
+        if not skip_unusable:
+            raise StepError("reflect", failed)
+        return skip_learning(trace, ep, f"the Reflector's reply could not be used: {failed}", totals, finish)
     check_cancel(job_id)
+    if skip_unusable and out_of_time():
+        return skip_learning(trace, ep, OUT_OF_TIME, totals, finish)
     shown = [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)]
     pb_text = render(None, shown) + _merge_hints(ep.playbook_id, [b.id for b in shown])
     with step_name("curate"), trace.step("curate") as p:
-        cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
-        p.update(CuratePayload(messages=cur.messages, response=cur.raw, curation=cur.value.model_dump(),
-                               prompt_tokens=cur.prompt_tokens, completion_tokens=cur.completion_tokens,
-                               latency_ms=cur.latency_ms, call_ids=cur.call_ids))
-    totals["tokens"] += cur.prompt_tokens + cur.completion_tokens
-    totals["llm_ms"] += cur.latency_ms
+        try:
+            cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
+        except LLMError as exc:
+            failed = exc
+            p.update(failure_fields(exc))
+            add_spent(totals, exc.spent)
+        else:
+            add_spent(totals, spent_of(cur))
+            in_prompt = ids_in_prompt([b.id for b in shown], pb_text, messages=cur.messages)
+            tag_ops, cur_ops, dropped = judge_ops(r.bullet_tags, list(cur.value.operations), in_prompt, outcome,
+                                                  getattr(cur.value, "dropped", None) or [])
+            curation = {**cur.value.model_dump(exclude={"dropped"}),
+                        "operations": [op.model_dump() for op in cur_ops]}
+            p.update(CuratePayload(curation=curation, dropped=dropped, **result_fields(cur)))
+    if failed is not None:
+        if not skip_unusable:
+            raise StepError("curate", failed)
+        return skip_learning(trace, ep, f"the Curator's reply could not be used: {failed}", totals, finish)
     check_cancel(job_id)
-    tag_ops = [OpIn(type="TAG", bullet_id=t.id, tag=t.tag, justification=f"reflector: {outcome}")
-               for t in r.bullet_tags]
-    ops = tag_ops + list(cur.value.operations)
+    ops = tag_ops + cur_ops
     # Stored (and in auto mode applied) in one transaction; the apply event then points the episode at
     # its delta, which a retried job checks so it never learns twice.
     auto = ep.review_mode == "auto"
     ep_update: dict[str, Any] = {}
     with step_name("apply"), trace.step("apply", episode=ep_update) as p:
         delta_id, applied = submit_delta(ep.playbook_id, ops, cur.value.reasoning, episode_id=ep.id,
-                                         source="curator", auto=auto)
+                                         source="curator", auto=auto, dropped=dropped or None)
         ep_update["delta_id"] = delta_id
-        if finish is not None:
-            ep_update.update(finish, finished_at=utcnow(), tokens=totals["tokens"], llm_ms=totals["llm_ms"],
-                             sandbox_ms=totals["sandbox_ms"])
+        ep_update.update(_finished(finish, totals))
         status: ApplyStatus = "empty" if not ops else ("applied" if applied is not None else "pending")
         version = applied.version if applied is not None else None
-        p.update(ApplyPayload(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops), status=status,
-                              version=version))
+        p.update(ApplyPayload(delta_id=delta_id, review_mode=ep.review_mode, operations=len(ops),
+                              dropped=len(dropped), status=status, version=version))
         if applied is not None:
             p.update(ApplyPayload(results=[vars(x) for x in applied.results],
                                   rejected=[{"op": i, "error": e} for i, e in applied.rejected]))
-    return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": cur.value.model_dump(),
-            "delta_id": delta_id, "version": version, "status": status}
+    return {"episode_id": ep.id, "reflection": r.model_dump(), "curation": curation, "delta_id": delta_id,
+            "version": version, "status": status, "dropped": dropped}
+
+
+def _honest_tags(r: ReflectorOutput, allowed: set[str]) -> tuple[ReflectorOutput, list[str]]:
+    """The reflection with only tags on bullets that were among those used (and in its prompt)."""
+    kept = [t for t in r.bullet_tags if t.id in allowed]
+    invented = [t.id for t in r.bullet_tags if t.id not in allowed]
+    return (r.model_copy(update={"bullet_tags": kept}) if invented else r), invented
+
+
+def judge_ops(tags: list[BulletTag], ops: list[OpIn], in_prompt: set[str], outcome: str,
+              parse_dropped: list[Any]) -> tuple[list[OpIn], list[OpIn], list[DroppedOp]]:
+    """(the Reflector's TAG ops, the Curator's ops kept, every op dropped and why).
+
+    One TAG per bullet per episode, the Reflector's first; a Curator op naming a bullet that was not in
+    its prompt is dropped, as are the ops its reply held that did not validate (`parse_dropped`, from the
+    role's parsing). The kept ops still apply (auto) or wait for review (manual).
+    """
+    dropped: list[DroppedOp] = [DroppedOp(op=d.get("op"), reason=str(d.get("reason", "")))
+                                if isinstance(d, dict) else DroppedOp(op=d, reason="invalid operation")
+                                for d in parse_dropped]
+    tagged: dict[str, str] = {}
+    tag_ops: list[OpIn] = []
+    for t in tags:
+        op = OpIn(type="TAG", bullet_id=t.id, tag=t.tag, justification=f"reflector: {outcome}")
+        if t.id in tagged:
+            dropped.append(DroppedOp(op=op.model_dump(), reason=f"bullet {t.id} was already tagged by the reflector"))
+            continue
+        tagged[t.id] = "the reflector"
+        tag_ops.append(op)
+    kept: list[OpIn] = []
+    for op in ops:
+        named = ([op.bullet_id] if op.bullet_id else []) + list(op.bullet_ids) if op.type != "ADD" else []
+        missing = next((i for i in named if i not in in_prompt), None)
+        if missing is not None:
+            dropped.append(DroppedOp(op=op.model_dump(), reason=f"bullet {clip_id(missing)} was not in the "
+                                                                 "curator's prompt"))
+            continue
+        if op.type == "TAG" and op.bullet_id is not None:
+            if op.bullet_id in tagged:
+                dropped.append(DroppedOp(op=op.model_dump(), reason=f"bullet {op.bullet_id} was already tagged "
+                                                                     f"by {tagged[op.bullet_id]} in this episode"))
+                continue
+            tagged[op.bullet_id] = "the curator"
+        kept.append(op)
+    return tag_ops, kept, dropped
 
 
 def _merge_hints(playbook_id: str, ids: list[str]) -> str:
@@ -120,20 +228,19 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
     passed = _looks_passed(evaluation)
     attempt = Attempt(1, trajectory, feedback, bool(passed), used)
     trace.emit("route", RoutePayload(playbook_id=ep.playbook_id, reason=ep.routing_reason, used_bullets=used))
-    totals: dict[str, float] = {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+    totals = zero_totals()
     outcome = evaluation or "no evaluation given"
-    try:
+    try:  # learning is the whole job here: an unusable reply fails it, so the job's retry can run it again
         out = reflect_and_curate(trace, roles, ep, user_message, [attempt], used, ground_truth, outcome[:500],
-                                 totals, job_id, reflector_instructions, curator_instructions)
+                                 totals, job_id, reflector_instructions, curator_instructions, skip_unusable=False)
     except Exception as exc:
         step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else ("learn", exc)
         message = f"{step} failed: {cause}"
         trace.emit("error", ErrorPayload(step=step, message=message, type=type(cause).__name__))
-        update_episode(ep.id, status="error", error=message, finished_at=utcnow())
+        update_episode(ep.id, status="error", error=message, finished_at=utcnow(), **stored_totals(totals))
         raise cause from None
     update_episode(ep.id, status="failed" if passed is False else "succeeded",
-                    success=passed, attempts=1, finished_at=utcnow(), tokens=totals["tokens"],
-                    llm_ms=totals["llm_ms"])
+                   success=passed, attempts=1, finished_at=utcnow(), **stored_totals(totals))
     return out
 
 

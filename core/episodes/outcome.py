@@ -13,21 +13,30 @@ from core.jobs import Cancelled
 from core.storage.models import utcnow
 
 
-def _zero() -> dict[str, float]:
-    return {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0}
+def zero_totals() -> dict[str, float]:
+    """An episode's running totals: tokens, model time, sandbox time and cost, failed calls included."""
+    return {"tokens": 0, "llm_ms": 0.0, "sandbox_ms": 0.0, "cost": 0.0}
+
+
+def stored_totals(t: dict[str, float]) -> dict[str, Any]:
+    """The totals as the episode row stores them."""
+    return {"tokens": int(t.get("tokens", 0)), "llm_ms": t.get("llm_ms", 0.0), "sandbox_ms": t.get("sandbox_ms", 0.0),
+            "cost": t.get("cost", 0.0)}
 
 
 @dataclass
 class Progress:
-    """Where a running episode is (the step a failure is blamed on) and what it has spent so far."""
+    """Where a running episode is (the step a failure is blamed on), how many attempts it has made
+    (unusable replies included) and what it has spent so far."""
 
     step: str = "setup"
-    totals: dict[str, float] = field(default_factory=_zero)
+    totals: dict[str, float] = field(default_factory=zero_totals)
+    attempts: int = 0
+    out_of_time: bool = False  # the episode's time budget ran out: no new attempt, no learning
 
     def spent(self) -> dict[str, Any]:
         """The totals as the episode row stores them."""
-        t = self.totals
-        return {"tokens": int(t["tokens"]), "llm_ms": t["llm_ms"], "sandbox_ms": t["sandbox_ms"]}
+        return stored_totals(self.totals)
 
 
 @contextmanager
@@ -38,12 +47,14 @@ def recorded_ending(trace: Trace, result: EpisodeResult, progress: Progress) -> 
         yield
     except Cancelled:
         trace.emit("error", ErrorPayload(step=progress.step, message="cancelled by request"))
-        result.status, result.error = "cancelled", "cancelled by request"
-        update_episode(result.episode_id, status="cancelled", error=result.error, finished_at=utcnow())
+        result.status, result.error, result.attempts = "cancelled", "cancelled by request", progress.attempts
+        update_episode(result.episode_id, status="cancelled", error=result.error, finished_at=utcnow(),
+                       attempts=progress.attempts, **progress.spent())
         raise
     except Exception as exc:  # any step: record it clearly and end the episode
         step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else (progress.step, exc)
         message = f"{step} failed: {cause}"
         trace.emit("error", ErrorPayload(step=step, message=message, type=type(cause).__name__))
-        result.status, result.error = "error", message
-        update_episode(result.episode_id, status="error", error=message, finished_at=utcnow(), **progress.spent())
+        result.status, result.error, result.attempts = "error", message, progress.attempts
+        update_episode(result.episode_id, status="error", error=message, finished_at=utcnow(),
+                       attempts=progress.attempts, **progress.spent())

@@ -60,3 +60,4 @@ class EpisodeResult:
     error: Optional[str] = None
     reflection: Optional[dict[str, Any]] = None
     curation: Optional[dict[str, Any]] = None
+    learning_skipped: Optional[str] = None  # why the episode learned nothing (a role's reply, no code, no time)

@@ -154,8 +154,8 @@ def record_run(trace: Trace, n: int, code: str, language: str, verdict: Verdict,
         {"kind": "evaluate", "attempt": n,
          "payload": EvaluatePayload(passed=verdict.passed, total=verdict.total, failed=verdict.failed,
                                     error=verdict.error, feedback=verdict.feedback)}],
-        episode={"isolation": isolation, "attempts": n, "code": code, "tokens": totals["tokens"],
-                 "llm_ms": totals["llm_ms"], "sandbox_ms": totals["sandbox_ms"]})
+        episode={"isolation": isolation, "attempts": n, "code": code, "tokens": int(totals["tokens"]),
+                 "llm_ms": totals["llm_ms"], "sandbox_ms": totals["sandbox_ms"], "cost": totals.get("cost", 0.0)})
 
 
 # ----------------------------------------------------------------- episodes

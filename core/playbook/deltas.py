@@ -10,9 +10,9 @@ and applies the rest, so one hallucinated bullet id does not discard a whole
 reflection's worth of learning.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from sqlmodel import Session, select
 
@@ -111,11 +111,17 @@ def propose_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reason
     return submit_delta(playbook_id, ops, reasoning, episode_id, source, auto=False)[0]
 
 
+def _dropped(dropped: Optional[Sequence[Mapping[str, Any]]]) -> Optional[list[dict[str, Any]]]:
+    """Dropped ops as the delta row keeps them (None when there are none)."""
+    return [dict(d) for d in dropped] if dropped else None
+
+
 def _store_delta(s: Session, playbook_id: str, op_list: list[OpIn], reasoning: str, episode_id: Optional[str],
-                 source: str, known: Optional[dict[str, Bullet]] = None) -> tuple[Delta, list[DeltaOp]]:
+                 source: str, known: Optional[dict[str, Bullet]] = None,
+                 dropped: Optional[Sequence[Mapping[str, Any]]] = None) -> tuple[Delta, list[DeltaOp]]:
     pb = ensure_playbook(s, playbook_id)
     delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning, source=source,
-                  base_version=pb.current_version)
+                  base_version=pb.current_version, dropped=_dropped(dropped))
     s.add(delta)
     s.flush()
     rows = _store_ops(s, delta, op_list, known)
@@ -167,20 +173,25 @@ def auto_apply(delta_id: str, actor: str = "auto") -> ApplyResult:
 
 def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
                  episode_id: Optional[str] = None, source: str = "curator",
-                 auto: bool = False) -> tuple[str, Optional[ApplyResult]]:
-    """Store a delta and, in auto mode, apply what can be applied: one transaction either way."""
+                 auto: bool = False,
+                 dropped: Optional[Sequence[Mapping[str, Any]]] = None) -> tuple[str, Optional[ApplyResult]]:
+    """Store a delta and, in auto mode, apply what can be applied: one transaction either way.
+
+    `dropped`: ops a model proposed that were dropped before they got here (`[{"op": ..., "reason": ...}]`),
+    kept on the delta so its review shows them."""
     r, op_list = _as_ops(ops)
     if not op_list:
-        return _record_empty(playbook_id, reasoning or r, episode_id, source), None
+        return _record_empty(playbook_id, reasoning or r, episode_id, source, dropped), None
     _prewarm_dedup(op_list)
     with write_session() as s:
         pb = ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
         known = load_bullets(s, pb.id, named_ids(op_list))
         if not auto:
-            return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)[0].id, None
+            return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known,
+                                dropped)[0].id, None
         if not is_sqlite(s.get_bind()):  # type: ignore[arg-type]
             # ids below come from max(oid) under SQLite's write lock; elsewhere let the database assign them
-            delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known)
+            delta, rows = _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known, dropped)
             return delta.id, _decide(s, delta, [Decision(row.oid, True) for row in rows], "auto",  # type: ignore[arg-type]
                                      lenient=True, rows=rows, known=known)
         # The delta and its ops are plain rows here, not objects for the unit of work: the delta goes in
@@ -188,7 +199,7 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
         # with their decisions, and the delta gets its outcome. Op ids are assigned here, under the write lock.
         w = connection_writer(s.connection())
         delta = Delta(playbook_id=pb.id, episode_id=episode_id, reasoning=reasoning or r, source=source,
-                      base_version=pb.current_version)
+                      base_version=pb.current_version, dropped=_dropped(dropped))
         w.add([delta])
         rows = _op_rows(delta, op_list, known)
         first = int(w.scalar("SELECT coalesce(max(oid), 0) + 1 FROM deltaop"))
@@ -202,18 +213,19 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
         return delta.id, res
 
 
-def _record_empty(playbook_id: str, reasoning: str, episode_id: Optional[str], source: str) -> str:
+def _record_empty(playbook_id: str, reasoning: str, episode_id: Optional[str], source: str,
+                  dropped: Optional[Sequence[Mapping[str, Any]]] = None) -> str:
     """A delta with no operations, kept (as rejected: nothing to decide) so the trace shows what the
     Curator answered: one plain transaction, as most episodes that learn nothing end this way."""
     with row_writer() as w:
         found = w.row("SELECT current_version FROM playbook WHERE id = ?", (validate_playbook_id(playbook_id),))
         if found is not None:
             delta = Delta(playbook_id=playbook_id, episode_id=episode_id, reasoning=reasoning, source=source,
-                          status="rejected", base_version=found[0], decided_at=utcnow())
+                          status="rejected", base_version=found[0], decided_at=utcnow(), dropped=_dropped(dropped))
             w.add([delta])
             return delta.id
     with write_session() as s:  # a new playbook: created as everywhere else
-        return _store_delta(s, playbook_id, [], reasoning, episode_id, source)[0].id
+        return _store_delta(s, playbook_id, [], reasoning, episode_id, source, dropped=dropped)[0].id
 
 
 def _all_pending(s: Session, delta_id: str) -> list[Decision]:
