@@ -475,3 +475,64 @@ def test_the_cli_prints_unusable_replies_and_agrees_with_the_database(drive: Dri
     assert (ep.status, ep.attempts) == ("failed", 3)
     assert f"episode {ep.id}: failed after 3 attempt(s); learning skipped: no attempt produced code" in out
 
+
+
+# ------------------------------------------------------------------ over HTTP only: what a weak server does
+
+
+@pytest.fixture()
+def http(sb: Any, fake_llm: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+         tmp_path: Path) -> HttpDriver:
+    (tmp_path / "tests.py").write_text(TESTS)
+    monkeypatch.chdir(tmp_path)
+    return HttpDriver(fake_llm, sb, monkeypatch, capsys)
+
+
+def test_a_server_without_structured_output_still_gets_code_from_a_fenced_block(http: HttpDriver) -> None:
+    http.fake.reject_json_schema = http.fake.reject_json_object = True
+    http.fake.reply(f"Here is the program:\n```python\n{GOOD}```\nIt guards the empty list.",
+                    refl("guard empty lists"), cur(add("Guard mean() against empty lists")))
+    code, out, _ = http.cli("run", TASK, "--tests", "tests.py", "--playbook", "unreliable")
+    assert code == 0, out
+    (gen_event,) = events(_only_episode(), "generate")
+    assert gen_event.payload["llm_mode"] == "plain" and gen_event.payload["code"].strip() == GOOD.strip()
+    modes = [r.get("response_format", {}).get("type") for r in http.fake.chat_requests()]
+    assert modes[:3] == ["json_schema", "json_object", None] and set(modes[3:]) == {None}  # refused once each
+
+
+def test_prose_instead_of_json_is_a_failed_attempt_with_the_reply_kept(http: HttpDriver) -> None:
+    prose = "I would loop over the list, add the numbers and divide by the length."
+    http.fake.reply(prose, prose, gen(GOOD), refl(), cur())
+    code, out, _ = http.cli("run", TASK, "--tests", "tests.py", "--playbook", "unreliable")
+    assert code == 0, out
+    ep = episode(_only_episode())
+    assert (ep.status, ep.success, ep.attempts) == ("succeeded", True, 2)
+    first = events(ep.id, "generate")[0].payload
+    assert first["response"] == prose and "no code" in first["error"]
+    assert ep.tokens == sum(c["prompt_tokens"] + c["completion_tokens"] for c in _call_usage(ep.id))
+    assert "nothing to apply" in lines(out)["[apply]"]
+
+
+def test_429_with_retry_after_is_waited_out_within_the_attempt(http: HttpDriver) -> None:
+    http.fake.reply(Status(429, "slow down", {"Retry-After": "0.3"}), gen(GOOD), refl(), cur())
+    code, out, _ = http.cli("run", TASK, "--tests", "tests.py", "--playbook", "unreliable")
+    assert code == 0, out
+    ep = episode(_only_episode())
+    assert ep.attempts == 1
+    assert [(c["role"], c["retry"], bool(c["error"])) for c in _call_usage(ep.id)][:2] == [
+        ("generator", 0, True), ("generator", 1, False)]
+
+
+def _only_episode() -> str:
+    with read_session() as s:
+        (ep,) = s.exec(select(Episode)).all()
+        return ep.id
+
+
+def _call_usage(episode_id: str) -> list[dict[str, Any]]:
+    from core.storage.models import LLMCall
+
+    with read_session() as s:
+        rows = s.exec(select(LLMCall).where(LLMCall.episode_id == episode_id).order_by(LLMCall.id)).all()
+        return [{"role": c.role, "retry": c.retry, "error": c.error, "prompt_tokens": c.prompt_tokens,
+                 "completion_tokens": c.completion_tokens} for c in rows]
