@@ -89,6 +89,10 @@ class ScriptedDriver:
     def cli(self, *args: str) -> tuple[int, str, str]:
         roles = self.roles
         self.monkeypatch.setattr(Roles, "from_settings", classmethod(lambda cls, settings=None: roles))
+        return self.run_cli(args)
+
+    def run_cli(self, args: Sequence[str]) -> tuple[int, str, str]:
+        """`ace` with no stdin; (exit code, stdout, stderr)."""
         self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
         self.capsys.readouterr()
         code = ace_main(list(args))
@@ -140,11 +144,7 @@ class HttpDriver(ScriptedDriver):
         return run_episode(spec, sandbox=self.sandbox)
 
     def cli(self, *args: str) -> tuple[int, str, str]:
-        self.monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-        self.capsys.readouterr()
-        code = ace_main(list(args))
-        out, err = self.capsys.readouterr()
-        return code, out, err
+        return self.run_cli(args)
 
     def learn(self, playbook_id: str, user_message: str, trajectory: str, **kw: Any) -> dict[str, Any]:
         return learn(playbook_id, user_message, trajectory, **kw)

@@ -6,8 +6,8 @@ money: `exc.spent` says how much, and it counts like a good reply's. Bullet ids 
 checked against the ids in its prompt; the others are invented and dropped.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Optional
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Optional, TypeVar
 
 from core.episodes.events import ClaimedIds, LLMFields
 from core.llm.deadline import budget_left
@@ -36,6 +36,29 @@ def unusable_feedback(why: str) -> str:
     why = why if len(why) <= MAX_WHY_CHARS else why[:MAX_WHY_CHARS - 1] + "…"
     return (f"No code ran: your reply could not be used ({why}). Reply again in the requested format, "
             "shorter if it was cut off, with the complete code.")
+
+
+R = TypeVar("R")
+
+
+def call_role(payload: dict[str, Any], totals: dict[str, float], call: Callable[[], R],
+              unavailable_ends: bool = True) -> tuple[Optional[R], Optional[LLMError]]:
+    """Make one role call inside a trace step; what it spent counts whether its reply was usable or not.
+
+    A reply that cannot be used fills the step's `payload` with why (and the raw reply) and comes back
+    as (None, error). `LLMUnavailable` (no model reachable) is raised unless `unavailable_ends` is False,
+    for callers that already have a verdict to keep.
+    """
+    try:
+        out = call()
+    except LLMError as exc:
+        add_spent(totals, exc.spent)
+        payload.update(failure_fields(exc))
+        if unavailable_ends and not unusable(exc):
+            raise
+        return None, exc
+    add_spent(totals, spent_of(out))
+    return out, None
 
 
 def result_fields(out: Any) -> LLMFields:

@@ -10,14 +10,12 @@ from typing import Any, Optional
 from core.config import get_settings
 from core.episodes.calls import (
     OUT_OF_TIME,
-    add_spent,
+    call_role,
     claimed_fields,
     clip_id,
-    failure_fields,
     ids_in_prompt,
     out_of_time,
     result_fields,
-    spent_of,
 )
 from core.episodes.events import (
     ApplyPayload,
@@ -32,7 +30,6 @@ from core.episodes.outcome import stored_totals, zero_totals
 from core.episodes.spec import Roles
 from core.episodes.store import check_cancel, learned_delta, load_episode, update_episode
 from core.episodes.trace import StepError, Trace, step_name
-from core.llm.errors import LLMError
 from core.playbook import OpIn, bullet_line, ensure_playbook, get_bullet, render, retrieve, submit_delta
 from core.playbook.lines import marked_bullet_ids
 from core.retrieval import similar_pairs
@@ -86,16 +83,10 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
         return skip_learning(trace, ep, OUT_OF_TIME, totals, finish)
     rows: list[Any] = []
     used_text = _used_bullets_text(ep.playbook_id, used)
-    failed: Optional[LLMError] = None
     with step_name("reflect"), trace.step("reflect", rows=rows) as p:
-        try:
-            refl = roles.reflector.reflect(task, attempts, used_text, ground_truth, ep.id, reflector_instructions)
-        except LLMError as exc:
-            failed = exc
-            p.update(failure_fields(exc))
-            add_spent(totals, exc.spent)
-        else:
-            add_spent(totals, spent_of(refl))
+        refl, failed = call_role(p, totals, lambda: roles.reflector.reflect(
+            task, attempts, used_text, ground_truth, ep.id, reflector_instructions), unavailable_ends=False)
+        if refl is not None:
             r, invented = _honest_tags(refl.value, ids_in_prompt(used, used_text, messages=refl.messages))
             p.update(ReflectPayload(reflection=r.model_dump(), **result_fields(refl), **claimed_fields(invented)))
             rows.append(Reflection(episode_id=ep.id, playbook_id=ep.playbook_id, reasoning=r.reasoning,
@@ -112,14 +103,9 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
     shown = [h.bullet for h in retrieve(ep.playbook_id, f"{task}\n{r.key_insight}", 50)]
     pb_text = render(None, shown) + _merge_hints(ep.playbook_id, [b.id for b in shown])
     with step_name("curate"), trace.step("curate") as p:
-        try:
-            cur = roles.curator.curate(task, r, pb_text, outcome, ep.id, curator_instructions)
-        except LLMError as exc:
-            failed = exc
-            p.update(failure_fields(exc))
-            add_spent(totals, exc.spent)
-        else:
-            add_spent(totals, spent_of(cur))
+        cur, failed = call_role(p, totals, lambda: roles.curator.curate(
+            task, r, pb_text, outcome, ep.id, curator_instructions), unavailable_ends=False)
+        if cur is not None:
             in_prompt = ids_in_prompt([b.id for b in shown], pb_text, messages=cur.messages)
             tag_ops, cur_ops, dropped = judge_ops(r.bullet_tags, list(cur.value.operations), in_prompt, outcome,
                                                   getattr(cur.value, "dropped", None) or [])
@@ -130,6 +116,7 @@ def reflect_and_curate(trace: Trace, roles: Roles, ep: Episode, task: str, attem
         if not skip_unusable:
             raise StepError("curate", failed)
         return skip_learning(trace, ep, f"the Curator's reply could not be used: {failed}", totals, finish)
+    assert cur is not None  # call_role gives a reply or an error
     check_cancel(job_id)
     ops = tag_ops + cur_ops
     # Stored (and in auto mode applied) in one transaction; the apply event then points the episode at

@@ -18,15 +18,12 @@ from typing import Any, Optional
 from core.config import Settings, get_settings
 from core.episodes.calls import (
     OUT_OF_TIME,
-    add_spent,
+    call_role,
     claimed_fields,
-    failure_fields,
     ids_in_prompt,
     out_of_time,
     result_fields,
-    spent_of,
     split_claimed,
-    unusable,
     unusable_feedback,
 )
 from core.episodes.events import EventSink, GeneratePayload, RetrievedBullet, RoutePayload
@@ -37,7 +34,6 @@ from core.episodes.spec import EpisodeResult, Roles, TaskSpec
 from core.episodes.store import check_cancel, create_episode, learned_delta, load_episode, update_episode
 from core.episodes.trace import OutputStream, Trace, record_run
 from core.llm.deadline import episode_budget
-from core.llm.errors import LLMError
 from core.playbook import render, retrieve
 from core.roles import Attempt
 from core.sandbox import get_sandbox
@@ -164,16 +160,12 @@ def _generate(spec: TaskSpec, ep: Episode, trace: Trace, roles: Roles, settings:
     code: Optional[str] = None
     why = ""
     with trace.step("generate", n, episode=ep_update) as p:
-        try:
-            out = roles.generator.generate(spec.task, spec.language, text, attempts, ep.id)
-        except LLMError as exc:
-            if not unusable(exc):
-                raise
-            add_spent(progress.totals, exc.spent)
-            p.update(GeneratePayload(retrieved=retrieved, **failure_fields(exc)))
-            why = unusable_feedback(str(exc))
+        p.update(GeneratePayload(retrieved=retrieved))
+        out, failed = call_role(p, progress.totals,
+                                lambda: roles.generator.generate(spec.task, spec.language, text, attempts, ep.id))
+        if out is None:
+            why = unusable_feedback(str(failed))
         else:
-            add_spent(progress.totals, spent_of(out))
             allowed = ids_in_prompt([h.bullet.id for h in hits], text, messages=out.messages)
             kept, invented = split_claimed(out.value.bullet_ids, allowed)
             p.update(GeneratePayload(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=kept,

@@ -27,15 +27,12 @@ from typing import Any, Optional
 from core.config import Settings, get_settings
 from core.episodes.calls import (
     OUT_OF_TIME,
-    add_spent,
+    call_role,
     claimed_fields,
-    failure_fields,
     ids_in_prompt,
     out_of_time,
     result_fields,
-    spent_of,
     split_claimed,
-    unusable,
     unusable_feedback,
 )
 from core.episodes.events import EventKind, EventSink, GeneratePayload, RetrievedBullet, ReviewPayload, RoutePayload
@@ -45,7 +42,6 @@ from core.episodes.spec import EpisodeResult, Roles, TaskSpec
 from core.episodes.store import check_cancel, create_episode, learned_delta, load_episode, update_episode
 from core.episodes.trace import OutputStream, Trace, record_run
 from core.llm.client import LLMClient, LLMResult
-from core.llm.errors import LLMError
 from core.playbook import ensure_playbook, render, retrieve
 from core.roles import (
     Attempt,
@@ -164,16 +160,11 @@ class _Run:
         code: Optional[str] = None
         why = ""
         with self.trace.as_role(role).step(kind, n, episode=ep_update) as p:
-            try:
-                out = call()
-            except LLMError as exc:
-                if not unusable(exc):
-                    raise
-                add_spent(self.totals, exc.spent)
-                p.update(GeneratePayload(retrieved=_retrieved(hits), **failure_fields(exc)))
-                why = unusable_feedback(str(exc))
+            p.update(GeneratePayload(retrieved=_retrieved(hits)))
+            out, failed = call_role(p, self.totals, call)
+            if out is None:
+                why = unusable_feedback(str(failed))
             else:
-                add_spent(self.totals, spent_of(out))
                 allowed = ids_in_prompt([h.bullet.id for h in hits], text, messages=out.messages)
                 kept, invented = split_claimed(out.value.bullet_ids, allowed)
                 p.update(GeneratePayload(code=out.value.code, reasoning=out.value.reasoning, bullet_ids=kept,
@@ -211,17 +202,12 @@ class _Run:
         why = ""
         with self.trace.as_role("reviewer").step("review", self.runs) as p:
             reviewer: Reviewer = self.roles.reviewer  # type: ignore[assignment]
-            try:
-                out = reviewer.review(self.spec.task, self.spec.language, code, verdict.feedback, text, self.ep.id)
-            except LLMError as exc:
-                if not unusable(exc):
-                    raise
-                add_spent(self.totals, exc.spent)
-                r, why = ReviewerOutput(), str(exc)
-                p.update(ReviewPayload(forced=not verdict.passed, passed=verdict.passed, retrieved=_retrieved(hits),
-                                       **failure_fields(exc)))
+            p.update(ReviewPayload(forced=not verdict.passed, passed=verdict.passed, retrieved=_retrieved(hits)))
+            out, failed = call_role(p, self.totals, lambda: reviewer.review(
+                self.spec.task, self.spec.language, code, verdict.feedback, text, self.ep.id))
+            if out is None:
+                r, why = ReviewerOutput(), str(failed)
             else:
-                add_spent(self.totals, spent_of(out))
                 r = out.value
                 allowed = ids_in_prompt([h.bullet.id for h in hits], text, messages=out.messages)
                 kept, invented = split_claimed(r.bullet_ids, allowed)
