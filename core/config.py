@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         """Choices were always case-insensitive (`ACE_SANDBOX=E2B`)."""
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("llm_timeout", "episode_budget", "max_tokens_generator", "max_tokens_reflector",
+                     "max_tokens_curator", "max_tokens_reviewer", "max_tokens_expand", "prompt_max_tokens")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        """A cap or deadline of 0 or less would mean none at all (llama.cpp reads -1 as unlimited)."""
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
     @field_validator("allow_unisolated", "sandbox_forkserver", "worker_in_app", "query_expansion", mode="before")
     @classmethod
     def _flag(cls, value: Any) -> Any:

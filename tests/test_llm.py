@@ -81,7 +81,7 @@ def test_a_slow_reply_ends_at_the_call_deadline_and_is_not_resent(fake_llm, sett
     settings_env(ACE_LLM_TIMEOUT="0.3")
     fake_llm.reply(Delay(1.0, {"value": 1}), {"value": 2})
     t0 = time.monotonic()
-    with pytest.raises(LLMTimeout, match="no usable reply within 0 s") as err:
+    with pytest.raises(LLMTimeout, match="no usable reply within 0.3 s") as err:
         LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
     assert time.monotonic() - t0 < 0.9
     assert len(fake_llm.chat_requests()) == 1 and err.value.spent.calls == 1
@@ -242,3 +242,117 @@ def test_the_episode_budget_bounds_a_call(fake_llm) -> None:
     with episode_budget(0.4), pytest.raises(LLMTimeout):
         LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_a_stalled_body_cannot_outlast_the_deadline(fake_llm, settings_env) -> None:
+    from tests.fake_llm import Stall
+
+    settings_env(ACE_LLM_TIMEOUT="1")
+    fake_llm.reply(Delay(0.5, Stall(30, {"value": 1, "pad": "x" * 400})))
+    t0 = time.monotonic()
+    with pytest.raises(LLMTimeout):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 1.6
+
+
+class RawServer:
+    """A TCP server answering each connection with `respond(sock, request_bytes)`: for replies no
+    well-behaved HTTP server would send."""
+
+    def __init__(self, respond) -> None:  # type: ignore[no-untyped-def]
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.respond = respond
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn) -> None:  # type: ignore[no-untyped-def]
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next((h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")),
+                          b"0"))
+        while len(body) < length:
+            body += conn.recv(65536)
+        try:
+            self.respond(conn, head)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture()
+def raw_server(db_url, settings_env):  # type: ignore[no-untyped-def]
+    servers: list[RawServer] = []
+
+    def start(respond, **env: str) -> RawServer:  # type: ignore[no-untyped-def]
+        server = RawServer(respond)
+        servers.append(server)
+        settings_env(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="sk-test-secret-key-never-logged",
+                     ACE_MODEL="raw", ACE_LLM_MAX_RETRIES="1", **env)
+        from core.llm.client import reset_mode_cache
+
+        reset_mode_cache()
+        return server
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_headers_sent_a_line_at_a_time_cannot_outlast_the_deadline(raw_server) -> None:
+    def slow_headers(conn, head) -> None:  # type: ignore[no-untyped-def]
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for i in range(100):
+            conn.sendall(f"X-Slow-{i}: 1\r\n".encode())
+            time.sleep(0.1)
+
+    raw_server(slow_headers, ACE_LLM_TIMEOUT="1")
+    t0 = time.monotonic()
+    with pytest.raises(LLMTimeout):
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert time.monotonic() - t0 < 1.6
+
+
+def test_a_non_json_reply_echoing_the_key_is_never_quoted(raw_server) -> None:
+    def echo(conn, head) -> None:  # type: ignore[no-untyped-def]
+        auth = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"authorization"))
+        body = b"x" * 150 + auth + b" and more"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    raw_server(echo)
+    with pytest.raises(LLMError) as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert "not a chat completion" in str(err.value) and "sk-test" not in str(err.value)
+    assert all("sk-test" not in (c.error or "") for c in calls()) and len(calls()) == 2  # retried once
+
+
+def test_a_connection_dropped_mid_reply_is_retried_then_a_clear_error(raw_server) -> None:
+    def drop(conn, head) -> None:  # type: ignore[no-untyped-def]
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"choi")
+
+    raw_server(drop)
+    with pytest.raises(LLMError, match="failed 2 times.*connection broke") as err:
+        LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
+    assert not isinstance(err.value, LLMUnavailable)

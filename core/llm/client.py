@@ -31,7 +31,7 @@ from core.llm.calllog import deferred_call_log, log_call
 from core.llm.deadline import budget_left
 from core.llm.errors import LLMError, LLMNotConfigured, LLMOutputError, LLMTimeout, LLMUnavailable, Spent
 from core.llm.replies import describe_invalid, extract_json, parse_reply, wire_schema
-from core.llm.transport import DeadlinePassed, Reply, post_chat, retry_after
+from core.llm.transport import DeadlinePassed, NotReached, Reply, ReplyBroken, post_chat, retry_after
 from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
@@ -42,7 +42,9 @@ MODES = modes.MODES
 REPAIR_ECHO_CHARS = 2000  # of an unusable reply, sent back in the repair round
 MAX_BACKOFF_S = 30.0
 # a 400 about these is the server refusing the output mode, not the request
-_MODE_REFUSAL = re.compile(r"response.?format|json.?schema|json_object|schema|grammar|structured", re.I)
+_MODE_REFUSAL = re.compile(r"response.?format|json.?schema|json_object|grammar|structured output", re.I)
+# what a server may echo of our credentials in an error
+_CREDENTIALS = re.compile(r"(?i)\b(bearer\s+)\S+|\bsk-[A-Za-z0-9_\-]{6,}")
 _CAP_PARAM = re.compile(r"max_(completion_)?tokens", re.I)
 
 
@@ -130,11 +132,12 @@ class LLMClient:
             seconds = min(seconds, left)
         call = _Call(role, episode_id, max_tokens or self.cap_for(role), time.monotonic() + seconds, seconds)
         convo = list(messages)
-        reply, mode, problem = None, MODES[0], ""
+        reply, mode, problem, cut_twice = None, MODES[0], "", False
         for call.round in (1, 2):
             reply, mode = self._answer(call, convo, schema)
             if reply.finish_reason == "length":
                 got = reply.completion_tokens or call.cap
+                cut_twice = problem.startswith("truncated")
                 problem = f"truncated at {got} tokens ({'the cap' if got >= call.cap else 'the server stopped it'})"
                 convo = messages + [{"role": "user", "content": (
                     f"Your last answer was cut off at {call.cap} tokens, the most you may write. Answer again, "
@@ -143,7 +146,7 @@ class LLMClient:
                 continue
             try:
                 value = parse_reply(schema, reply.content)
-            except (ValueError, ValidationError) as exc:
+            except (ValueError, ValidationError, RecursionError, MemoryError) as exc:
                 problem = describe_invalid(exc)
                 convo = convo + [
                     {"role": "assistant", "content": reply.content[:REPAIR_ECHO_CHARS]},
@@ -154,7 +157,8 @@ class LLMClient:
             sp = call.spent
             return LLMResult(value, reply.content, sp.prompt_tokens, sp.completion_tokens, sp.latency_ms,
                              sp.call_ids, mode, convo, sp.calls, sp.cost, reply.finish_reason)
-        what = (f"was {problem}, also after asking for a shorter one" if problem.startswith("truncated")
+        what = (f"was {problem}" + (", also after asking for a shorter one" if cut_twice else "")
+                if problem.startswith("truncated")
                 else f"was not valid {schema.__name__} JSON after one repair attempt: {problem}")
         raise LLMOutputError(f"{role}: the model's reply {what}", spent=call.spent,
                              raw=reply.content if reply else None)
@@ -177,8 +181,8 @@ class LLMClient:
             try:
                 reply = post_chat(self._client, kwargs, call.deadline)
             except DeadlinePassed:
-                self._log(call, sent, mode, retry, t0, error=f"no reply within the call's {call.seconds:.0f} s")
-                raise LLMTimeout(f"{call.role}: no usable reply within {call.seconds:.0f} s "
+                self._log(call, sent, mode, retry, t0, error=f"no reply within the call's {call.seconds:.3g} s")
+                raise LLMTimeout(f"{call.role}: no usable reply within {call.seconds:.3g} s "
                                  f"({call.spent.calls} request(s))", spent=call.spent) from None
             except openai.APIStatusError as exc:
                 status, why = exc.status_code, self._describe(exc)
@@ -198,21 +202,20 @@ class LLMClient:
                     continue
                 raise LLMError(f"{call.role}: the model server refused the request: {why}", spent=call.spent) \
                     from None
-            except openai.APIConnectionError as exc:
+            except (openai.APIConnectionError, NotReached) as exc:
                 why = self._describe(exc)
                 self._log(call, sent, mode, retry, t0, error=why)
                 try:
                     retry = self._wait(call, exc, retry, why)
-                except LLMTimeout:
-                    raise
-                except LLMError as final:
+                except LLMError as final:  # out of retries or of time: nobody is there
                     raise LLMUnavailable(f"{call.role}: no model server answers at {self._endpoint}: {why}",
                                          spent=final.spent) from None
                 continue
-            except ValueError as exc:  # a 200 whose body is not a chat completion
+            except ReplyBroken as exc:  # the connection broke mid-reply, or the body was no chat completion
                 why = self._describe(exc)
                 self._log(call, sent, mode, retry, t0, error=why)
-                raise LLMError(f"{call.role}: {why}", spent=call.spent) from None
+                retry = self._wait(call, exc, retry, why)
+                continue
             self._log(call, sent, mode, retry, t0, reply=reply)
             if mode == MODES[0]:
                 modes.remember_success(self._endpoint, self.model, mode)
@@ -256,6 +259,7 @@ class LLMClient:
         msg = re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", "") or exc))
         if self._api_key and len(self._api_key) >= 4:
             msg = msg.replace(self._api_key, "[redacted]")
+        msg = _CREDENTIALS.sub(lambda m: f"{m.group(1) or ''}[redacted]", msg)
         msg = msg[:300]
         return f"HTTP {status}: {msg}" if status else f"{type(exc).__name__}: {msg}"
 

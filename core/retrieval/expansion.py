@@ -17,6 +17,13 @@ log = logging.getLogger(__name__)
 class _Pitfalls(BaseModel):
     pitfalls: list[str] = Field(default_factory=list, description="3 to 6 short likely pitfalls or techniques")
 
+    @classmethod
+    def wire_schema(cls) -> dict[str, object]:
+        """Bounded, so a grammar-constrained server cannot loop inside the list."""
+        return {"type": "object", "additionalProperties": False, "required": ["pitfalls"],
+                "properties": {"pitfalls": {"type": "array", "maxItems": 6,
+                                            "items": {"type": "string", "minLength": 1, "maxLength": 200}}}}
+
 
 _expansions: "OrderedDict[tuple[str, str], str]" = OrderedDict()
 _exp_lock = threading.Lock()
