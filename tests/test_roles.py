@@ -5,6 +5,7 @@ the fake server in tests/test_llm.py and the episode tests.
 """
 
 import json
+import time
 from typing import Any, Optional
 
 import jsonschema
@@ -27,7 +28,9 @@ from core.roles import (
     ReviewerOutput,
 )
 from core.roles.budget import clip_lines, clip_middle, message_tokens, water_level
-from core.roles.parsing import looks_like_code
+from core.roles.parsing import as_id
+from core.roles.replies import readable
+from core.roles.unfenced import looks_like_code
 from core.tokens import estimate_tokens
 from tests import scripted
 
@@ -582,3 +585,126 @@ def test_roles_send_their_caps_and_language_bound_schemas() -> None:
         ("review-generator", 900)]
     assert llm.calls[0]["schema"].reply_language == "javascript"
     assert llm.calls[4]["schema"].reply_language == "python" and issubclass(llm.calls[4]["schema"], OptimizerOutput)
+
+
+# ------------------------------------------------------------------ pathological and adversarial replies
+
+ENTRY_POINTS: list[Any] = [GeneratorOutput, GeneratorOutput.for_language("python"),
+                           GeneratorOutput.for_language("javascript"), GeneratorOutput.for_language("bash"),
+                           OptimizerOutput.for_language("python"), ReflectorOutput, CuratorOutput, ReviewerOutput]
+N = 100_000
+_SPACED_ID = "[" + " " * N + "x"
+ADVERSARIAL = {
+    "whitespace inside a bracket": _SPACED_ID,
+    "whitespace inside bracketed ids": json.dumps({
+        "code": "print(1)", "bullet_ids": [_SPACED_ID], "bullet_tags": [{"id": _SPACED_ID, "tag": "helpful"}],
+        "operations": [{"type": "REMOVE", "bullet_id": _SPACED_ID}], "reasoning": "r"}),
+    "a tag line of whitespace": json.dumps({"bullet_tags": ["py-1:" + " " * N + "x y"], "key_insight": "k"}),
+    "word characters after a fence": FENCE + "a" * N,
+    "an unclosed fence after a long tag": FENCE + "a" * N + "\nprint(1)\n",
+    "many fences": (FENCE + "a\n") * (N // 5),
+    "deep arrays": "[" * N,
+    "deep objects": '{"a":' * (N // 5),
+    "deep nesting after a good object": '{"code": "print(1)", "key_insight": "k", "operations": []} ' + "[" * N,
+    "long unclosed JSON at every brace": '{"a":' * 200 + "[" + "1," * (N // 2),
+    "one long line of words": "the quick brown fox jumps " * (N // 26),
+    "a long unary chain": "-" * N + "1",
+    "a long operator chain": "a" + "+a" * (N // 2),
+    "only newlines": "\n" * N,
+    "lines of spaces": (" " * 99 + "\n") * (N // 100),
+    "backticks": "`" * N,
+    "code then a sentence": "def f():\n    return 1\n" * (N // 22) + "Hope this helps.",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_replies_are_read_quickly_and_fail_only_with_value_errors(name: str) -> None:
+    reply = ADVERSARIAL[name]
+    for model in ENTRY_POINTS:
+        started = time.perf_counter()
+        try:
+            model.from_reply(reply)
+        except (ValueError, ValidationError):
+            pass
+        elapsed = time.perf_counter() - started
+        assert elapsed < 1.0, (name, model.__name__, model.reply_language if hasattr(model, "reply_language")
+                               else None, elapsed)
+
+
+@pytest.mark.parametrize("reply", ["[" * 5000, '{"a":' * 5000, "the quick brown fox jumps " * 300,
+                                   "-" * 100_000 + "1", '{"code": ' + "[" * 5000 + "}"])
+@pytest.mark.parametrize("model", ENTRY_POINTS)
+def test_deep_nesting_and_parser_blowups_are_value_errors(model: Any, reply: str) -> None:
+    with pytest.raises(ValueError):  # never RecursionError or MemoryError: those would end the episode
+        model.from_reply(reply)
+
+
+def test_a_reader_that_hits_python_limits_raises_a_value_error() -> None:
+    @readable
+    def reader(text: str) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    with pytest.raises(ValueError, match=r"could not be read \(RecursionError\): 'abc'"):
+        reader("abc")
+
+
+def test_bracketed_ids_without_a_regex() -> None:
+    assert as_id("[py-00042]") == "py-00042" and as_id(" [ py-1 ] ") == "py-1" and as_id("`[b-2]`") == "b-2"
+    assert as_id("[[x]]") == "[[x]]" and as_id("[") == "[" and as_id("[]") is None
+    started = time.perf_counter()
+    long = as_id(_SPACED_ID)
+    assert time.perf_counter() - started < 0.1 and long is not None and len(long) <= 100
+
+
+@pytest.mark.parametrize("language,reply", [
+    ("javascript", "I don't know how to solve this."),
+    ("javascript", "Sorry, I can't do that (it is unclear)."),
+    ("javascript", "The answer is 42 = six times seven"),
+    ("javascript", "let me know if this helps"),
+    ("bash", "Sorry, I can't do that (it is unclear)."),
+    ("bash", "The answer is 42 = six times seven"),
+    ("bash", "echo hi and then it is done"),
+    ("python", "Complexity: O(n)"),
+    ("python", "x is not y"),
+    ("python", "Yes"),
+    (None, "I don't know how to solve this."),
+    (None, "The answer is 42 = six times seven"),
+])
+def test_prose_is_not_taken_for_code(language: Optional[str], reply: str) -> None:
+    with pytest.raises(ValueError, match="no code in the reply"):
+        gen(reply, language)
+    assert not looks_like_code(reply, language)
+
+
+def test_code_between_sentences_without_fences() -> None:
+    code = "def f(x):\n    return x"
+    assert gen(f"Here is the solution:\n\n{code}\n", "python").code == code
+    assert gen(f"Solution:\n{code}\n\nThis returns x unchanged. Hope it helps!", "python").code == code
+    assert gen(f"**Python code:**\n    {code.replace(chr(10), chr(10) + '    ')}\n", None).code == code
+    js = "const x = 5;\nconsole.log(x);"
+    assert gen(f"Here is the code:\n{js}\nThis prints five.", "javascript").code == js
+    assert gen("Run this script:\n#!/bin/bash\necho $1\n", "bash").code == "#!/bin/bash\necho $1"
+    documented = ('def f(x):\n    """Return the sum of the values.\n\n    It runs in linear time.\n    """\n'
+                  "    return sum(x)")
+    assert gen(documented + "\n", "python").code == documented  # sentences in a docstring are the program's
+    with pytest.raises(ValueError, match="no code in the reply"):  # prose inside: never a program cut short
+        gen("import math\n\nThe answer uses math.sqrt.\nprint(math.sqrt(2))", "python")
+
+
+def test_a_fence_inside_a_string_of_the_program_is_kept() -> None:
+    program = 'def md(x):\n    return """```python\nprint(x)\n```"""'
+    assert gen(json.dumps({"code": program + "\n"}), "python").code == program
+    assert gen(json.dumps({"code": program}), None).code == program
+    js = "const md = '```js';\nconsole.log(md + '\\n```');"
+    assert gen(json.dumps({"code": js}), "javascript").code == js
+    assert gen(json.dumps({"code": f"  {FENCE}python\nprint(1)\n{FENCE}  "}), "python").code == "print(1)"
+    assert gen(json.dumps({"code": f"{FENCE}python\nprint(1)\n"}), "python").code == "print(1)"  # unclosed
+    assert gen(json.dumps({"code": f"Use:\n{FENCE}js\nconsole.log(1)\n{FENCE}"}), "javascript").code == \
+        "console.log(1)"
+    assert gen(json.dumps({"code": f"{FENCE}python\\nprint(1)\\n{FENCE}"}), "python").code == "print(1)"
+
+
+def test_only_a_fence_after_the_last_closed_block_is_an_unclosed_one() -> None:
+    with pytest.raises(ValueError, match="no code in the reply"):
+        gen(f'{FENCE}\n{{"a": 1}}\n{FENCE}\nDone.', "python")  # not '{"a": 1}\n```\nDone.' as the program
+    assert gen(f"x\n{FENCE}json\n{{}}\n{FENCE}\nand\n{FENCE}python\nprint(1)\n", "python").code == "print(1)"

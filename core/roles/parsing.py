@@ -6,17 +6,19 @@ null. These helpers find the usable part; what they cannot use they refuse with 
 the client's repair round can say what was wrong.
 """
 
-import ast
 import json
 import re
 import textwrap
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
+from core.roles.unfenced import is_label, is_sentence, parse_python, unfenced_code
+
 EXCERPT_CHARS = 160
 MAX_IDS = 20
 MAX_ID_CHARS = 100  # ids longer than any real one are kept (clipped) so the loop can count them as invented
 MAX_SCANNED = 200  # '{' positions tried when a JSON object sits inside prose
+MAX_SCAN_CHARS = 1_000_000  # characters read by failed tries at those positions, all together
 
 _LENIENT = json.JSONDecoder(strict=False)  # strict=False: real newlines inside strings, as weak models write them
 
@@ -30,11 +32,11 @@ NOT_CODE_TAGS = frozenset({"json", "jsonc", "text", "txt", "output", "plaintext"
                            "log", "diff", "yaml", "yml", "xml", "html", "csv"})
 FENCE_TAG = {"python": "python", "javascript": "javascript", "bash": "bash"}
 
-_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n`]*\n(.*?)```", re.S)
-_OPEN_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n`]*\n(.*)\Z", re.S)
-_BRACKETED = re.compile(r"^\[\s*([^\[\]]*?)\s*\]$")
-_PROSE_WORD = re.compile(r"[A-Za-z][A-Za-z'’-]*")
-_CODE_CHARS = set("(){}[];=<>$|&`\"'\\")
+# Every pattern here stays linear on a long reply: the tag is bounded, so a long run of word characters
+# after ``` is not tried at every split between the tag and the rest of the fence line.
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]{0,30})[^\n`]*\n(.*?)```", re.S)
+_OPEN_FENCE = re.compile(r"```[ \t]*([\w+#.-]{0,30})[^\n`]*\n(.*)\Z", re.S)
+_FENCE_LINE = re.compile(r"```[ \t]*[\w+#.-]{0,30}[ \t]*\n?")
 
 
 def excerpt(text: Optional[str], limit: int = EXCERPT_CHARS) -> str:
@@ -48,28 +50,46 @@ def excerpt(text: Optional[str], limit: int = EXCERPT_CHARS) -> str:
 # ------------------------------------------------------------------ JSON somewhere in the reply
 
 
+def raw_decode(text: str, start: int = 0) -> tuple[Any, int]:
+    """The JSON value starting at `start` and where it ends; ValueError for anything that is not one,
+    also for nesting too deep to read (RecursionError) or too big (MemoryError)."""
+    try:
+        return _LENIENT.raw_decode(text, start)
+    except (RecursionError, MemoryError) as exc:
+        raise ValueError(f"JSON nested too deeply or too big to read ({type(exc).__name__})") from None
+
+
+def _decode(text: str) -> Any:
+    value, end = raw_decode(text)
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
 def json_candidates(text: str) -> Iterator[Any]:
     """JSON values in a reply, most likely first: the whole reply, each fenced block, then each object
-    that starts at a '{' inside prose (a position inside an object already read is skipped)."""
+    that starts at a '{' inside prose (a position inside an object already read is skipped; the tries
+    that fail stop after reading MAX_SCAN_CHARS characters between them)."""
     stripped = text.strip().lstrip("\ufeff")
     try:
-        yield _LENIENT.decode(stripped)
+        yield _decode(stripped)
     except ValueError:
         pass
     for _tag, body in fenced_blocks(text):
         try:
-            yield _LENIENT.decode(body.strip())
+            yield _decode(body.strip())
         except ValueError:
             continue
-    pos, tried = 0, 0
-    while tried < MAX_SCANNED:
+    pos, tried, scanned = 0, 0, 0
+    while tried < MAX_SCANNED and scanned < MAX_SCAN_CHARS:
         start = text.find("{", pos)
         if start < 0:
             return
         tried += 1
         try:
-            value, end = _LENIENT.raw_decode(text, start)
-        except ValueError:
+            value, end = raw_decode(text, start)
+        except ValueError as exc:
+            scanned += max(getattr(exc, "pos", start) - start, 1)
             pos = start + 1
             continue
         yield value
@@ -79,7 +99,7 @@ def json_candidates(text: str) -> Iterator[Any]:
 def loads_lenient(text: str) -> Any:
     """The JSON value a text is, or None when it is not JSON."""
     try:
-        return _LENIENT.decode(text.strip().lstrip("\ufeff"))
+        return _decode(text.strip().lstrip("\ufeff"))
     except ValueError:
         return None
 
@@ -133,26 +153,48 @@ def code_in_text(text: str, language: Optional[str] = None) -> Optional[str]:
         return tidy_code(max(blocks, key=len), language)
     if text.lstrip().startswith(("{", "[")):
         return None  # a JSON reply (perhaps cut off), never a program
-    opened = _OPEN_FENCE.search(text)
+    closed_end = max((m.end() for m in _FENCE.finditer(text)), default=0)
+    opened = _OPEN_FENCE.search(text, closed_end)  # a fence opened after the last closed block, never closed
     if opened is not None:
         tag = opened.group(1).lower()
         if _code_blocks([(tag, opened.group(2))], language):
             return tidy_code(opened.group(2), language)
         return None
-    if "```" not in text and looks_like_code(text, language):
-        return tidy_code(text, language)
+    if "```" not in text:
+        code = unfenced_code(text, language)
+        return None if code is None else tidy_code(code, language)
     return None
 
 
 def unwrap_code(code: str, language: Optional[str] = None) -> str:
-    """A JSON `code` field as a program: fences inside it removed, a double-escaped program restored."""
-    if "```" in code:
-        blocks = _code_blocks(fenced_blocks(code), language)
+    """A JSON `code` field as a program: a field that is a fenced block is unfenced; one that is prose
+    around a fenced block (Python: that does not parse as it is) is the block; a double-escaped program
+    is restored. A fence inside the program itself, in a string literal, is left alone."""
+    body = code.strip()
+    if body.startswith("```"):
+        blocks = _code_blocks(fenced_blocks(body), language)
         if blocks:
             code = max(blocks, key=len)
-        else:
-            code = re.sub(r"^\s*```[ \t]*[\w+#.-]*[ \t]*\n?|\n?```\s*$", "", code)
+        else:  # an unclosed fence, or a program with escaped newlines
+            opening = _FENCE_LINE.match(body)
+            code = body[opening.end() if opening else 0:]
+            code = code[:-3] if code.endswith("```") else code
+    elif "```" in code and not _whole_program(code, language):
+        blocks = _code_blocks(fenced_blocks(code), language)
+        if language in (None, "python"):
+            blocks = [b for b in blocks if _parses(textwrap.dedent(b))] or blocks
+        if blocks:
+            code = max(blocks, key=len)
     return tidy_code(code, language)
+
+
+def _whole_program(code: str, language: Optional[str]) -> bool:
+    """Whether a field with a fence in it is a program as it is: Python that parses; in another language
+    one that does not start with a sentence or a label (`Here you go:`)."""
+    if language in (None, "python"):
+        return _parses(textwrap.dedent(code))
+    first = next((line for line in code.splitlines() if line.strip()), "")
+    return not (is_sentence(first) or is_label(first))
 
 
 def tidy_code(code: str, language: Optional[str] = None) -> str:
@@ -160,42 +202,12 @@ def tidy_code(code: str, language: Optional[str] = None) -> str:
     if language in (None, "python") and "\n" not in code and "\\n" in code and not _parses(code):
         unescaped = code.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
         if _parses(unescaped):
-            return unescaped
+            return textwrap.dedent(unescaped.strip("\n")).rstrip()
     return code
 
 
 def _parses(code: str) -> bool:
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError):
-        return False
-    return True
-
-
-def looks_like_code(text: str, language: Optional[str] = None) -> bool:
-    """A reply that is all program and no prose: Python that parses into real statements, or lines
-    with code punctuation and none that read like a sentence."""
-    body = text.strip()
-    if not body or body.startswith(("{", "[")):
-        return False
-    if language in (None, "python"):
-        try:
-            tree = ast.parse(textwrap.dedent(body))
-        except (SyntaxError, ValueError):
-            tree = None
-        if tree is not None:
-            return any(not isinstance(n, ast.Expr) or isinstance(n.value, ast.Call) for n in tree.body)
-        if language == "python":
-            return False
-    lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
-    code_lines = [ln for ln in lines if _CODE_CHARS & set(ln)]
-    return bool(code_lines) and not any(_is_prose(ln) for ln in lines)
-
-
-def _is_prose(line: str) -> bool:
-    if line.startswith(("#", "//", "/*", "*", "--")) or _CODE_CHARS & set(line):
-        return False
-    return len(_PROSE_WORD.findall(line)) >= 4
+    return parse_python(code) is not None
 
 
 # ------------------------------------------------------------------------------- loose values
@@ -234,9 +246,8 @@ def as_id(value: Any) -> Optional[str]:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     text = str(value).strip().strip("`'\"")
-    m = _BRACKETED.match(text)
-    if m:
-        text = m.group(1)
+    if text.startswith("[") and text.endswith("]") and "[" not in text[1:-1] and "]" not in text[1:-1]:
+        text = text[1:-1]  # `[py-00042]`, as the playbook shows it (no regex: a long id stays linear)
     text = text.strip()[:MAX_ID_CHARS]
     return text or None
 

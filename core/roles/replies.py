@@ -5,9 +5,10 @@ What is usable is kept, what is not is dropped with a plain reason where the tra
 client's repair round can say what was wrong.
 """
 
-import json
+import functools
 import re
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any, Optional, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from core.roles.parsing import (
     find_object,
     json_safe,
     loads_lenient,
+    raw_decode,
     unwrap_code,
 )
 
@@ -44,6 +46,22 @@ OP_FIELDS: dict[str, tuple[str, ...]] = {  # what each type may carry; a stray b
     "MERGE": ("bullet_ids", "content", "section"),
 }
 _TAG_TEXT = re.compile(r"^\s*\[?([A-Za-z0-9_.-]+)\]?\s*[:=]\s*(\w+)\s*$")
+MAX_TAG_TEXT = 200  # a "py-00001: helpful" entry longer than this is clipped before the pattern sees it
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def readable(read: Callable[P, R]) -> Callable[P, R]:
+    """A reply reader that raises only ValueError for a reply it cannot use: what Python itself raises
+    on a pathological reply (nesting too deep, a parser out of memory) is one more unusable reply."""
+    @functools.wraps(read)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return read(*args, **kwargs)
+        except (RecursionError, MemoryError, SyntaxError, OverflowError) as exc:
+            text = args[0] if args and isinstance(args[0], str) else ""
+            raise ValueError(f"the reply could not be read ({type(exc).__name__}): {excerpt(text)}") from None
+    return guarded
 
 
 def _no_object(text: str, what: str, keys: tuple[str, ...]) -> ValueError:
@@ -51,7 +69,7 @@ def _no_object(text: str, what: str, keys: tuple[str, ...]) -> ValueError:
     if start < 0:
         return ValueError(f"no JSON object in the reply: {excerpt(text)}")
     try:
-        json.JSONDecoder(strict=False).raw_decode(text, start)
+        raw_decode(text, start)
     except ValueError as exc:
         return ValueError(f"the JSON object in the reply is cut off or invalid ({exc}): {excerpt(text)}")
     return ValueError(f"the JSON in the reply has none of the {what} fields ({', '.join(keys)}): {excerpt(text)}")
@@ -65,6 +83,7 @@ def _prose(text: str) -> str:
     return as_text(" ".join(re.sub(r"```.*?(```|\Z)", " ", text, flags=re.S).split()), 1500)
 
 
+@readable
 def code_reply(text: str, language: Optional[str]) -> dict[str, Any]:
     """reasoning, bullet_ids, code, language: code from the JSON `code` field, else from a fenced block
     (the language's own, else the longest), else the reply itself when it is all code."""
@@ -104,7 +123,7 @@ def bullet_tags(value: Any, limit: int = MAX_TAGS) -> list[dict[str, str]]:
         if isinstance(entry, dict):
             bid = as_id(entry.get("id", entry.get("bullet_id")))
             tag = entry.get("tag")
-        elif isinstance(entry, str) and (m := _TAG_TEXT.match(entry)):
+        elif isinstance(entry, str) and (m := _TAG_TEXT.match(entry[:MAX_TAG_TEXT])):
             bid, tag = m.group(1), m.group(2)
         tag = tag.strip().lower() if isinstance(tag, str) else None
         if bid and tag in TAGS and bid not in out:
@@ -114,6 +133,7 @@ def bullet_tags(value: Any, limit: int = MAX_TAGS) -> list[dict[str, str]]:
     return [{"id": bid, "tag": tag} for bid, tag in out.items()]
 
 
+@readable
 def reflection_reply(text: str) -> dict[str, Any]:
     found = find_object(text, REFLECTION_KEYS)
     if found is None:
@@ -209,6 +229,7 @@ def _bare_ops(text: str) -> Optional[list[Any]]:
     return None
 
 
+@readable
 def curation_reply(text: str) -> dict[str, Any]:
     found = find_object(text, CURATION_KEYS)
     if found is None:
@@ -239,6 +260,7 @@ def issues(value: Any, limit: int = MAX_ISSUES) -> list[str]:
     return out
 
 
+@readable
 def review_reply(text: str) -> dict[str, Any]:
     found = find_object(text, REVIEW_KEYS)
     if found is None:
