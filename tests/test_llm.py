@@ -356,3 +356,10 @@ def test_a_connection_dropped_mid_reply_is_retried_then_a_clear_error(raw_server
     with pytest.raises(LLMError, match="failed 2 times.*connection broke") as err:
         LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "x"}], Answer)
     assert not isinstance(err.value, LLMUnavailable)
+
+
+def test_a_lone_surrogate_from_an_earlier_reply_does_not_break_the_next_request(fake_llm) -> None:
+    fake_llm.reply({"value": 1})
+    r = LLMClient(backoff_base=0).structured("t", [{"role": "user", "content": "insight: x\ud800y\x00z"}], Answer)
+    assert r.value.value == 1 and r.calls == 1
+    assert "\ufffd" in fake_llm.chat_requests()[0]["messages"][0]["content"]

@@ -6,11 +6,14 @@ not run (no model configured, sandbox unavailable, ...), 130 interrupted.
 
 import sys
 
+from core.redaction import sanitize
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # what a shell reports after Ctrl+C
 
 
 def fail(message: str, code: int) -> int:
-    """Tell the user on stderr, prefixed so they know who spoke; returns `code` for `return fail(...)`."""
-    print(f"ace: {message}", file=sys.stderr)
+    """Tell the user on stderr, prefixed so they know who spoke, secrets redacted; returns `code` for
+    `return fail(...)`."""
+    print(f"ace: {sanitize(message)}", file=sys.stderr)
     return code

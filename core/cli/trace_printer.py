@@ -1,4 +1,7 @@
-"""An episode's trace, printed live as `ace run` receives it: one line per event, program output indented."""
+"""An episode's trace, printed live as `ace run` receives it: one line per event, program output indented.
+
+The events come straight from the loop, before the database sees them: everything printed passes
+`core.redaction.sanitize` here (secrets redacted, NUL and lone surrogates replaced)."""
 
 import re
 import sys
@@ -17,10 +20,11 @@ from core.episodes.events import (
     RoutePayload,
     TraceEvent,
 )
+from core.redaction import sanitize
 
 
 def _print_lines(text: str, stream: Any) -> None:
-    for line in text.splitlines():
+    for line in sanitize(text).splitlines():
         print(f"    | {line}", file=stream)
 
 
@@ -44,7 +48,7 @@ class TracePrinter:
             logs = (cast(ExecutePayload, p).get("execution") or {}).get("logs") or {}
             _print_lines("".join(logs.get("stdout") or []), sys.stdout)
             _print_lines("".join(logs.get("stderr") or []), sys.stderr)
-        print(f"[{kind}{att}]{ms}{_detail(kind, p)}", flush=True)
+        print(sanitize(f"[{kind}{att}]{ms}{_detail(kind, p)}"), flush=True)
 
 
 def _unusable(p: Any) -> str:

@@ -32,6 +32,7 @@ from core.llm.deadline import budget_left
 from core.llm.errors import LLMError, LLMNotConfigured, LLMOutputError, LLMTimeout, LLMUnavailable, Spent
 from core.llm.replies import describe_invalid, extract_json, parse_reply, wire_schema
 from core.llm.transport import DeadlinePassed, NotReached, Reply, ReplyBroken, post_chat, retry_after
+from core.redaction import redact, sanitize
 from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
@@ -43,8 +44,6 @@ REPAIR_ECHO_CHARS = 2000  # of an unusable reply, sent back in the repair round
 MAX_BACKOFF_S = 30.0
 # a 400 about these is the server refusing the output mode, not the request
 _MODE_REFUSAL = re.compile(r"response.?format|json.?schema|json_object|grammar|structured output", re.I)
-# what a server may echo of our credentials in an error
-_CREDENTIALS = re.compile(r"(?i)\b(bearer\s+)\S+|\bsk-[A-Za-z0-9_\-]{6,}")
 _CAP_PARAM = re.compile(r"max_(completion_)?tokens", re.I)
 
 
@@ -170,7 +169,7 @@ class LLMClient:
         retry = 0
         while True:
             mode = modes.current_mode(self._endpoint, self.model, self.settings.llm_mode_retry_hours)
-            sent = convo if mode == "json_schema" else self._with_instruction(convo, schema)
+            sent = _printable(convo if mode == "json_schema" else self._with_instruction(convo, schema))
             kwargs: dict[str, Any] = {"model": self.model, "messages": sent, self._cap_param: call.cap}
             if mode == "json_schema":
                 kwargs["response_format"] = {"type": "json_schema", "json_schema": {
@@ -257,10 +256,7 @@ class LLMClient:
     def _describe(self, exc: Exception) -> str:
         status = getattr(exc, "status_code", None)
         msg = re.sub(r"^Error code: \d+ - ", "", str(getattr(exc, "message", "") or exc))
-        if self._api_key and len(self._api_key) >= 4:
-            msg = msg.replace(self._api_key, "[redacted]")
-        msg = _CREDENTIALS.sub(lambda m: f"{m.group(1) or ''}[redacted]", msg)
-        msg = msg[:300]
+        msg = redact(msg, extra=(self._api_key,))[:300]  # also this client's own key, whatever settings it got
         return f"HTTP {status}: {msg}" if status else f"{type(exc).__name__}: {msg}"
 
     @staticmethod
@@ -271,6 +267,11 @@ class LLMClient:
         else:
             out.insert(0, {"role": "system", "content": _schema_instruction(schema)})
         return out
+
+
+def _printable(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages safe to encode: an earlier reply's lone surrogate or NUL (fed into this prompt) replaced."""
+    return [{**m, "content": sanitize(m["content"])} if isinstance(m.get("content"), str) else m for m in messages]
 
 
 def reset_mode_cache() -> None:

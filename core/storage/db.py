@@ -20,6 +20,7 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from core.config import get_settings
 from core.errors import Missing
+from core.redaction import scrub_params
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -51,6 +52,23 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _is_read(statement: str) -> bool:
+    return statement[:6].upper() in ("SELECT", "PRAGMA")
+
+
+def _install_scrub_hook(engine: Engine) -> None:
+    """Every statement's text parameters pass `core.redaction.scrub_for_storage` before they reach the
+    database: no secret, NUL or lone surrogate is ever stored (JSON columns arrive here serialized, so
+    their strings are covered too). Reads are left alone. The raw write path (`run_raw`) does the same."""
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _scrub(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+               _executemany: bool) -> tuple[str, Any]:
+        if parameters and not _is_read(statement):
+            parameters = scrub_params(parameters)
+        return statement, parameters
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL per process; migrations are applied on first use."""
     url = url or get_settings().db_url
@@ -64,6 +82,7 @@ def get_engine(url: str | None = None) -> Engine:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
             engine = create_engine(url, **kwargs)
+            _install_scrub_hook(engine)
             if is_sqlite(engine):
                 _install_sqlite_hooks(engine)
             upgrade(engine)
@@ -157,6 +176,8 @@ def run_raw(conn: Any, sql: str, params: Any = (), many: bool = False) -> Any:
     """Run one statement on a SQLite DBAPI connection, its errors raised as SQLAlchemy's
     (OperationalError, IntegrityError...) exactly as a Session's statements raise them, so
     callers and the service's error handlers (503 for a busy database) see one family."""
+    if params and not _is_read(sql):
+        params = scrub_params(params)  # as the engine's hook does for SQLAlchemy's statements
     try:
         return conn.executemany(sql, params) if many else conn.execute(sql, params)
     except sqlite3.Error as exc:
