@@ -7,7 +7,10 @@ import streamlit as st
 
 from core import worker
 from core.config import get_settings
+from core.redaction import install_logging
 from ui.components import sidebar_status
+
+install_logging()  # every log line of this process (the worker thread's too) is redacted
 
 st.set_page_config(page_title="ACE Playground", page_icon="🧠", layout="wide")
 

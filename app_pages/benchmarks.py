@@ -7,10 +7,11 @@ import streamlit as st
 from core import bench, worker
 from core.bench import suites
 from core.config import get_settings
+from ui import safe
 from ui.components import call, friendly_errors, llm_missing_message, query_param
 
 settings = get_settings()
-st.title("🏁 Benchmarks")
+safe.title("🏁 Benchmarks")
 
 with friendly_errors("list suites"), st.expander("Start a benchmark run", expanded=not bench.list_runs(1)):
     available = suites.list_suites()
@@ -27,7 +28,7 @@ with friendly_errors("list suites"), st.expander("Start a benchmark run", expand
                             help="review: a generator, a reviewer and an optimizer, each learning its own playbook")
         go = st.form_submit_button("Start", disabled=not settings.llm_configured)
     if not settings.llm_configured:
-        st.info(llm_missing_message())
+        safe.info(llm_missing_message())
     if go:
         run_id = call(bench.start_bench, suite, epochs=int(epochs), split=bench.parse_split(split),
                       limit=int(limit) or None, concurrency=int(conc), workflow=workflow, success="Benchmark queued")
@@ -44,7 +45,7 @@ with friendly_errors("list suites"), st.expander("Start a benchmark run", expand
 with friendly_errors("show benchmark runs"):
     runs = bench.list_runs(50)
     if not runs:
-        st.info("No benchmark runs yet. Start one above, or from a shell: `ace bench python --epochs 2`.")
+        safe.info(safe.md("No benchmark runs yet. Start one above, or from a shell: `ace bench python --epochs 2`."))
         st.stop()
     table = pd.DataFrame([{"run": r["id"], "suite": r["suite"], "status": r["status"],
                            "baseline (test)": r.get("baseline_test_pass_rate"),
@@ -62,9 +63,9 @@ with friendly_errors("show benchmark runs"):
     @st.fragment(run_every=2.0 if bench.bench_progress(run_id)["status"] in ("queued", "running") else None)
     def show_run() -> None:
         prog = bench.bench_progress(run_id)
-        st.progress(prog["fraction"], text=f"{prog['status']}: {prog['done']}/{prog['total']} episodes")
+        st.progress(prog["fraction"], text=safe.label(f"{prog['status']}: {prog['done']}/{prog['total']} episodes"))
         if prog.get("error"):
-            st.error(prog["error"])
+            safe.error(prog["error"])
         buttons = st.columns([1, 1, 1, 3])
         i = 0
         if prog["status"] in ("queued", "running"):
@@ -78,7 +79,7 @@ with friendly_errors("show benchmark runs"):
                                        mime="application/json")
         curve = pd.DataFrame(bench.learning_curve(run_id))
         if curve.empty:
-            st.info("No results yet: the first episodes of this run are still running.")
+            safe.info("No results yet: the first episodes of this run are still running.")
             return
         arms = {"category_orders": {"arm": ["baseline", "ace"]},
                 "color_discrete_map": {"baseline": "#adb5bd", "ace": "#4c6ef5"}}

@@ -5,9 +5,10 @@ import plotly.express as px
 import streamlit as st
 
 from core import bench, views
+from ui import safe
 from ui.components import friendly_errors, query_param
 
-st.title("📈 Learning curves")
+safe.title("📈 Learning curves")
 LEGEND = dict(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0, title_text=""), margin=dict(b=10))
 
 with friendly_errors("draw the learning curves"):
@@ -17,17 +18,20 @@ with friendly_errors("draw the learning curves"):
     pid = None if pb == "(all)" else pb
     df = views.learning_frame(pid)
     vdf = views.versions_frame(pid)
+    for frame in (df, vdf):  # playbook names are legend entries and hovers: plotly renders <a href> in them
+        if not frame.empty:
+            frame["playbook"] = frame["playbook"].map(safe.plotly_text)
     names = sorted(set(df["playbook"]) | set(vdf["playbook"])) if not (df.empty and vdf.empty) else []
     palette = px.colors.qualitative.Plotly
     cmap = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per playbook on every chart
     if df.empty:
-        st.info("No finished episodes yet. Run some from the Playground (or a benchmark) and come back.")
+        safe.info("No finished episodes yet. Run some from the Playground (or a benchmark) and come back.")
     else:
         c = st.columns(4)
-        c[0].metric("episodes", len(df))
-        c[1].metric("success rate", f"{df['success'].mean():.0%}")
-        c[2].metric("mean attempts", f"{df['attempts'].mean():.2f}")
-        c[3].metric("tokens", f"{int(df['tokens'].sum()):,}")
+        c[0].metric("episodes", safe.label(len(df)))
+        c[1].metric("success rate", safe.label(f"{df['success'].mean():.0%}"))
+        c[2].metric("mean attempts", safe.label(f"{df['attempts'].mean():.2f}"))
+        c[3].metric("tokens", safe.label(f"{int(df['tokens'].sum()):,}"))
         fig = px.line(df, x="n", y="rolling_success", color="playbook", color_discrete_map=cmap,
                       labels={"n": "episode", "rolling_success": "success rate (rolling mean of 10)"})
         for name, g in df.groupby("playbook"):
@@ -64,7 +68,7 @@ with friendly_errors("draw the learning curves"):
 with friendly_errors("show benchmark runs"):
     runs = [r for r in bench.list_runs(20) if r.get("ace_test_pass_rate") is not None]
     if runs:
-        rows = [{"run": f"{r['suite']} · {r['id'][-6:]}", "arm": arm, "pass rate": r[key]}
+        rows = [{"run": safe.plotly_text(f"{r['suite']} · {r['id'][-6:]}"), "arm": arm, "pass rate": r[key]}
                 for r in runs for arm, key in (("baseline", "baseline_test_pass_rate"), ("ACE", "ace_test_pass_rate"))
                 if r.get(key) is not None]
         fig = px.bar(pd.DataFrame(rows), x="run", y="pass rate", color="arm", barmode="group", range_y=[0, 1.1],

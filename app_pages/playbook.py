@@ -2,7 +2,6 @@
 compare and restore versions, import and export."""
 
 import difflib
-import html
 
 import streamlit as st
 
@@ -10,14 +9,14 @@ from core import playbook as P
 from core import views
 from core.playbook import portability, versions
 from core.storage.models import DeltaOp
-from ui import outcome
+from ui import outcome, safe
 from ui.components import STATUS_ICON, call, friendly_errors, query_param
 
-st.title("📒 Playbooks")
+safe.title("📒 Playbooks")
 
 ids = views.playbook_ids()
 if not ids:
-    st.info("No playbooks yet. They are created by the first episode that learns, or here:")
+    safe.info("No playbooks yet. They are created by the first episode that learns, or here:")
     new_id = st.text_input("New playbook id", key="first_pb")
     if st.button("Create playbook") and new_id:
         if call(P.get_or_create_playbook, new_id.strip(), success=f"Created {new_id}") is not None:
@@ -33,48 +32,52 @@ pb = P.get_playbook(pid)
 assert pb is not None
 n_pending = views.count_pending(pid)
 c = st.columns(4)
-c[0].metric("version", pb.current_version)
-c[1].metric("active bullets", P.count_bullets(pid))
-c[2].metric("pending deltas", n_pending)
-c[3].metric("environment", pb.environment)
+c[0].metric("version", safe.label(pb.current_version))
+c[1].metric("active bullets", safe.label(P.count_bullets(pid)))
+c[2].metric("pending deltas", safe.label(n_pending))
+c[3].metric("environment", safe.label(pb.environment))
 
 
-def diff_html(before: str, after: str, block: bool = True) -> str:
+def diff_html(before: str, after: str, block: bool = True) -> safe.Html:
     """Word-level before/after with removals struck through and additions marked."""
     a, b = before.split(), after.split()
     out = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b).get_opcodes():
         if op in ("delete", "replace"):
-            out.append(f'<del style="background:#ffd7d5">{html.escape(" ".join(a[i1:i2]))}</del>')
+            out.append(safe.html('<del style="background:#ffd7d5">{}</del>', " ".join(a[i1:i2])))
         if op in ("insert", "replace"):
-            out.append(f'<ins style="background:#ccffd8;text-decoration:none">{html.escape(" ".join(b[j1:j2]))}</ins>')
+            out.append(safe.html('<ins style="background:#ccffd8;text-decoration:none">{}</ins>', " ".join(b[j1:j2])))
         if op == "equal":
-            out.append(html.escape(" ".join(a[i1:i2])))
-    return ('<div style="line-height:1.6">' + " ".join(out) + "</div>") if block else " ".join(out)
+            out.append(safe.html("{}", " ".join(a[i1:i2])))
+    words = safe.html(" ").join(out)
+    return safe.html('<div style="line-height:1.6">{}</div>', words) if block else words
 
 
 def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
+    """One proposed op. Ids, bullets and the model's why and evidence come from models and agents: escaped."""
     if op.type == "ADD":
-        st.html(f'<div style="background:#e6ffec;padding:6px;border-radius:4px">+ {html.escape(op.content or "")}'
-                f' <small>({op.section or "strategies"})</small></div>')
+        safe.show_html(safe.html('<div style="background:#e6ffec;padding:6px;border-radius:4px">+ {} '
+                                 "<small>({})</small></div>", op.content or "", op.section or "strategies"))
     elif op.type == "UPDATE":
         before = op.before or texts.get(op.bullet_id or "", "")
         left, right = st.columns(2)
-        left.caption(f"before [{op.bullet_id}]")
-        left.html(f'<div style="background:#fff1f0;padding:6px">{html.escape(before)}</div>')
-        right.caption("after")
-        right.html(f'<div style="background:#e6ffec;padding:6px">{html.escape(op.content or "")}</div>')
-        st.html(diff_html(before, op.content or ""))
+        with left:
+            safe.caption(f"before [{op.bullet_id}]")
+            safe.show_html(safe.html('<div style="background:#fff1f0;padding:6px">{}</div>', before))
+        with right:
+            safe.caption("after")
+            safe.show_html(safe.html('<div style="background:#e6ffec;padding:6px">{}</div>', op.content or ""))
+        safe.show_html(diff_html(before, op.content or ""))
     elif op.type == "REMOVE":
-        st.html(f'<div style="background:#ffebe9;padding:6px">− [{op.bullet_id}] '
-                f'<del>{html.escape(op.before or texts.get(op.bullet_id or "", ""))}</del></div>')
+        safe.show_html(safe.html('<div style="background:#ffebe9;padding:6px">− [{}] <del>{}</del></div>',
+                                 op.bullet_id or "", op.before or texts.get(op.bullet_id or "", "")))
     elif op.type == "TAG":
         st.text(f"[{op.bullet_id}] {texts.get(op.bullet_id or '', '(no such bullet)')} → {op.tag} +1")
     elif op.type == "MERGE":
         for bid in op.bullet_ids:
-            missing = html.escape(texts.get(bid, "(missing)"))
-            st.html(f'<div style="background:#ffebe9;padding:4px">− [{bid}] {missing}</div>')
-        st.html(f'<div style="background:#e6ffec;padding:6px">+ {html.escape(op.content or "")}</div>')
+            safe.show_html(safe.html('<div style="background:#ffebe9;padding:4px">− [{}] {}</div>', bid,
+                                     texts.get(bid, "(missing)")))
+        safe.show_html(safe.html('<div style="background:#e6ffec;padding:6px">+ {}</div>', op.content or ""))
     if op.justification:  # model text: shown as text, never markdown
         st.text(f"why: {op.justification}")
     if op.evidence:
@@ -96,10 +99,11 @@ def decide(delta_id: str, ops: list[DeltaOp], approve: bool) -> None:
 TAB_NAMES = [f"Review ({n_pending})", "Bullets", "Versions", "Import / export"]
 # a deep link opens the tab it points into: ?diff= the versions, ?bullet= the bullets, otherwise the review
 default_tab = TAB_NAMES[2] if query_param("diff") else TAB_NAMES[1] if query_param("bullet") else None
-tab_review, tab_bullets, tab_versions, tab_io = st.tabs(TAB_NAMES, default=default_tab)
+tab_review, tab_bullets, tab_versions, tab_io = st.tabs(safe.labels(TAB_NAMES),
+                                                       default=safe.label(default_tab) if default_tab else None)
 
 if msg := st.session_state.pop("flash", None):
-    st.toast(msg)
+    safe.toast(msg)
 
 # ------------------------------------------------------------------ review
 with tab_review, friendly_errors("show pending deltas"):
@@ -110,14 +114,15 @@ with tab_review, friendly_errors("show pending deltas"):
         if extra is not None and extra.delta.playbook_id == pid:
             pending.insert(0, extra)
     if not pending:
-        st.info("Nothing waiting for review. Deltas wait here when the review mode is manual.")
+        safe.info("Nothing waiting for review. Deltas wait here when the review mode is manual.")
     for item in pending:
         d = item.delta
         with st.container(border=True):
             task = (item.task[:120] + "…" if len(item.task) > 120 else item.task) if item.task else ""
-            st.markdown(f"**{STATUS_ICON.get(d.status, '')} Delta `{d.id}`** · proposed by {d.source} · "
-                        f"{d.status.replace('_', ' ')} · {len(item.ops)} op(s)"
-                        + (f"  \nfrom a run of: _{task}_" if task else ""))
+            safe.markdown(safe.md_format("**{} Delta {}** · proposed by {} · {} · {} op(s)",
+                                         STATUS_ICON.get(d.status, ""), d.id, d.source, d.status.replace("_", " "),
+                                         len(item.ops))
+                          + (safe.md_format("  \nfrom a run of: _{}_", task.strip()) if task.strip() else safe.md("")))
             if d.reasoning:
                 st.text(f"curator's reasoning: {d.reasoning}")
             texts = views.current_texts(pid, [i for op in item.ops for i in ([op.bullet_id] if op.bullet_id else [])
@@ -128,15 +133,17 @@ with tab_review, friendly_errors("show pending deltas"):
                 h1.page_link("app_pages/trace.py", label="the episode's trace", icon="🔎",
                              query_params={"episode": d.episode_id})
             if len(open_ops) > 1:
-                h2.button(f"✅ Approve all {len(open_ops)}", key=f"approve-all-{d.id}", on_click=decide,
+                h2.button(safe.label(f"✅ Approve all {len(open_ops)}"), key=f"approve-all-{d.id}", on_click=decide,
                           args=(d.id, open_ops, True), width="stretch")
-                h3.button(f"❌ Reject all {len(open_ops)}", key=f"reject-all-{d.id}", on_click=decide,
+                h3.button(safe.label(f"❌ Reject all {len(open_ops)}"), key=f"reject-all-{d.id}", on_click=decide,
                           args=(d.id, open_ops, False), width="stretch")
             for op in item.ops:
                 with st.container(border=True):
-                    st.markdown(f"**{op.type}** · op {op.seq + 1} of {len(item.ops)}"
-                                + ("" if op.decision == "pending" else f" · {op.decision} by {op.decided_by}")
-                                + (f" · _{op.note}_" if op.note else ""))
+                    note = (op.note or "").strip()
+                    safe.markdown(safe.md_format("**{}** · op {} of {}", op.type, op.seq + 1, len(item.ops))
+                                  + (safe.md("") if op.decision == "pending"
+                                     else safe.md_format(" · {} by {}", op.decision, op.decided_by))
+                                  + (safe.md_format(" · _{}_", note) if note else safe.md("")))
                     show_op(op, texts)
                     if op.decision != "pending":
                         continue
@@ -161,7 +168,7 @@ with tab_bullets, friendly_errors("show bullets"):
     section = f2.selectbox("Section", secs, format_func=lambda s: s or "(all)")
     show_removed = f3.toggle("Show removed", False)
     df = views.bullets_frame(pid, search, section, show_removed)
-    st.caption(f"{len(df)} bullet(s). Select a row to see where it came from, edit or remove it.")
+    safe.caption(f"{len(df)} bullet(s). Select a row to see where it came from, edit or remove it.")
     sel = st.dataframe(df, hide_index=True, width="stretch", height=min(420, 3 + 35 * (max(len(df), 1) + 1)),
                        on_select="rerun",
                        selection_mode="single-row", key="bullets_table",
@@ -173,9 +180,11 @@ with tab_bullets, friendly_errors("show bullets"):
         b = prov.get("bullet")
         if b is not None:
             with st.container(border=True):
-                st.markdown(f"**[{b.id}]** helpful={b.helpful} harmful={b.harmful} neutral={b.neutral} · {b.status}")
+                safe.markdown(safe.md_format("**[{}]** helpful={} harmful={} neutral={} · {}", b.id, b.helpful,
+                                             b.harmful, b.neutral, b.status))
                 if b.source_episode_id:
-                    st.page_link("app_pages/trace.py", label=f"created by episode {b.source_episode_id}", icon="🔎",
+                    st.page_link("app_pages/trace.py", label=safe.label(f"created by episode {b.source_episode_id}"),
+                                 icon="🔎",
                                  query_params={"episode": b.source_episode_id})
                     st.page_link("app_pages/reflection.py", label="its reflection", icon="🔍",
                                  query_params={"episode": b.source_episode_id})
@@ -204,7 +213,7 @@ with tab_bullets, friendly_errors("show bullets"):
                                                  "justification": "added by hand"}], source="human")
                 if res is not None:
                     r0 = res.results[0]
-                    st.success(f"{r0.type} {r0.bullet_id}: version {res.version}"
+                    safe.success(f"{r0.type} {r0.bullet_id}: version {res.version}"
                                + (f" ({r0.note})" if r0.note else ""))
 
 # ------------------------------------------------------------------ versions
@@ -223,38 +232,40 @@ with tab_versions, friendly_errors("show versions"):
     v1, v2 = st.columns(2)
     a = v1.selectbox("From version", numbers, index=numbers.index(default_a), key="diff_a")
     b = v2.selectbox("To version", numbers, index=numbers.index(default_b), key="diff_b")
-    st.caption(f"Link to this diff: ?playbook={pid}&diff={a}..{b}")
+    safe.caption(f"Link to this diff: ?playbook={pid}&diff={a}..{b}")
     diff = versions.diff_versions(pid, int(a), int(b))
     if diff.empty:
-        st.info("No differences.")
+        safe.info("No differences.")
     else:
-        st.markdown(f"**Version {a} → {b}**: {len(diff.added)} added · {len(diff.removed)} removed · "
-                    f"{len(diff.changed)} changed")
+        safe.markdown(safe.md_format("**Version {} → {}**: {} added · {} removed · {} changed", a, b,
+                                     len(diff.added), len(diff.removed), len(diff.changed)))
     for x in diff.added:
-        st.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
-                f'+ [{x.bullet_id}] {html.escape(x.content)}</div>')
+        safe.show_html(safe.html('<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
+                                 "+ [{}] {}</div>", x.bullet_id, x.content))
     for x in diff.removed:
-        st.html(f'<div style="background:#ffebe9;border-left:4px solid #e03131;padding:4px 8px">'
-                f'− [{x.bullet_id}] <del>{html.escape(x.content)}</del></div>')
+        safe.show_html(safe.html('<div style="background:#ffebe9;border-left:4px solid #e03131;padding:4px 8px">'
+                                 "− [{}] <del>{}</del></div>", x.bullet_id, x.content))
     for before, after in diff.changed:
         counters = " · ".join(f"{k} {getattr(before, k)} → {getattr(after, k)}"
                               for k in ("helpful", "harmful", "neutral", "section", "status")
                               if getattr(before, k) != getattr(after, k))
-        small = f'<br><small>{html.escape(counters)}</small>' if counters else ""
+        small = safe.html("<br><small>{}</small>", counters) if counters else safe.html("")
         if before.content == after.content:  # only counters, section or status changed
-            st.html(f'<div style="background:#fff9db;border-left:4px solid #f59f00;padding:4px 8px">'
-                    f'~ [{after.bullet_id}] {html.escape(after.content)}{small}</div>')
+            safe.show_html(safe.html('<div style="background:#fff9db;border-left:4px solid #f59f00;padding:4px 8px">'
+                                     "~ [{}] {}{}</div>", after.bullet_id, after.content, small))
             continue
         left, right = st.columns(2)  # the text changed: before and after side by side, the words that changed marked
-        left.html(f'<div style="background:#fff1f0;border-left:4px solid #e03131;padding:4px 8px">'
-                  f'<small>version {a}</small><br>[{before.bullet_id}] {html.escape(before.content)}</div>')
-        right.html(f'<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
-                   f'<small>version {b}</small><br>[{after.bullet_id}] '
-                   f'{diff_html(before.content, after.content, block=False)}{small}</div>')
+        with left:
+            safe.show_html(safe.html('<div style="background:#fff1f0;border-left:4px solid #e03131;padding:4px 8px">'
+                                     "<small>version {}</small><br>[{}] {}</div>", a, before.bullet_id, before.content))
+        with right:
+            safe.show_html(safe.html('<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
+                                     "<small>version {}</small><br>[{}] {}{}</div>", b, after.bullet_id,
+                                     diff_html(before.content, after.content, block=False), small))
     st.divider()
     r1, r2 = st.columns([1, 2], vertical_alignment="bottom")
     rv = r1.selectbox("Restore version", numbers, key="restore_pick", index=1 if len(numbers) > 1 else 0)
-    if r2.button(f"Restore version {rv} as a new version", key="restore_btn"):
+    if r2.button(safe.label(f"Restore version {rv} as a new version"), key="restore_btn"):
         if (v := call(versions.restore_version, pid, int(rv), actor="reviewer")) is not None:
             st.session_state["flash"] = f"Restored version {rv} as version {v}"
             st.rerun()
@@ -272,4 +283,4 @@ with tab_io, friendly_errors("import or export"):
     if up is not None and st.button("Import"):
         res = call(portability.import_playbook, pid, up.getvalue(), replace=replace, actor="reviewer")
         if res is not None:
-            st.success(f"Imported {res[0]} bullets: version {res[1]}")
+            safe.success(f"Imported {res[0]} bullets: version {res[1]}")

@@ -7,12 +7,13 @@ from streamlit_ace import st_ace
 from core import loop, views, worker
 from core.config import get_settings
 from core.episodes import samples
+from ui import safe
 from ui.components import friendly_errors, live_trace, llm_missing_message, query_param
 
 AUTO = "(automatic routing)"
 settings = get_settings()
 
-st.title("🧪 Playground")
+safe.title("🧪 Playground")
 
 SAMPLES = samples.load_samples()
 defaults = {"task": "", "language": "python", "tests_code": "", "expected": "", "code_editor": ""}
@@ -34,7 +35,7 @@ if SAMPLES:
     with st.expander("Sample tasks", expanded=not st.session_state.task):
         cols = st.columns(min(4, len(SAMPLES)))
         for i, s in enumerate(SAMPLES):
-            cols[i % len(cols)].button(s["name"], key=f"sample-{i}", on_click=load_sample, args=(i,),
+            cols[i % len(cols)].button(safe.label(s["name"]), key=f"sample-{i}", on_click=load_sample, args=(i,),
                                        width="stretch")
 
 mode = st.radio("Mode", ["LLM episode", "Run this code (no LLM)"], horizontal=True, key="mode",
@@ -43,7 +44,7 @@ mode = st.radio("Mode", ["LLM episode", "Run this code (no LLM)"], horizontal=Tr
                      "straight to the sandbox.")
 sandbox_only = mode != "LLM episode"
 if not sandbox_only and not settings.llm_configured:
-    st.warning(llm_missing_message())
+    safe.warning(llm_missing_message())
 
 st.text_area("Task", key="task", height=100, placeholder="Write a function mean(xs) that ...")
 c1, c2, c3, c4 = st.columns(4)
@@ -58,20 +59,20 @@ review = c4.radio("Review", ["auto", "manual"], index=0 if settings.review_mode 
 workflow = c4.toggle("Reviewer + optimizer", key="workflow", disabled=sandbox_only,
                      help="A reviewer reads the code and its real run; an optimizer rewrites it when needed. "
                           "Each role learns into its own playbook.")
-st.caption(f"Model `{settings.model if settings.llm_configured else 'not configured'}` · sandbox "
-           f"`{settings.sandbox_backend}`")
+safe.caption(f"Model {settings.model if settings.llm_configured else 'not configured'} · sandbox "
+             f"{settings.sandbox_backend}")
 
 gen = st.session_state.get("ace_gen", 0)
 ace_lang = {"python": "python", "javascript": "javascript", "bash": "sh"}[language]
 if sandbox_only:
-    st.markdown("**Code**")
+    safe.markdown(safe.md("**Code**"))
     code = st_ace(value=st.session_state.code_editor, language=ace_lang, key=f"code_ace_{gen}", height=220,
                   auto_update=True, min_lines=8)
 else:
     code = ""
 t1, t2 = st.columns(2)
 with t1:
-    st.markdown("**Tests** (assert statements run after the code)")
+    safe.markdown(safe.md("**Tests** (assert statements run after the code)"))
     tests = st_ace(value=st.session_state.tests_code, language=ace_lang, key=f"tests_ace_{gen}", height=160,
                    auto_update=True, min_lines=6)
 with t2:
@@ -89,10 +90,10 @@ if run:
                                  code=code if sandbox_only else None, workflow="review" if workflow else "single")
         except ValidationError as exc:
             err = exc.errors()[0]
-            st.error(f"{err['loc'][0]}: {err['msg']}")
+            safe.error(f"{err['loc'][0]}: {err['msg']}")
             st.stop()
         if sandbox_only and not (code or "").strip():
-            st.error("Write some code to run first.")
+            safe.error("Write some code to run first.")
             st.stop()
         new_episode_id, _ = loop.submit_episode(spec)
         if settings.worker_in_app:

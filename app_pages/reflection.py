@@ -4,16 +4,16 @@ not). Everything a model wrote is shown as text, never as markdown."""
 import streamlit as st
 
 from core import views
-from ui import outcome
+from ui import outcome, safe
 from ui.components import friendly_errors, query_param
 
-st.title("🔍 Reflections")
+safe.title("🔍 Reflections")
 
 with friendly_errors("load reflections"):
     recent = views.recent_reflections()
     episode_id = query_param("episode")
     if not recent and not episode_id:
-        st.info("No reflections yet. They appear after an LLM episode (or an agent's episodes/learn call).")
+        safe.info("No reflections yet. They appear after an LLM episode (or an agent's episodes/learn call).")
         st.stop()
     options = [r.episode_id for r, _ in recent]
     labels = {r.episode_id: f"{r.created_at:%m-%d %H:%M} · {r.playbook_id} · {task[:70]}" for r, task in recent}
@@ -27,14 +27,14 @@ with friendly_errors("load reflections"):
     refl = views.reflection_for(pick)
     ep = views.get_episode(pick)
     if ep is not None:
-        st.markdown(f"**Task** {ep.task}")
-        st.caption(f"episode `{ep.id}` · {ep.status} · playbook `{ep.playbook_id}`")
+        safe.markdown(safe.md_format("**Task** {}", ep.task))
+        safe.caption(f"episode {ep.id} · {ep.status} · playbook {ep.playbook_id}")
         st.page_link("app_pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
     learned = views.learning_outcome(pick)
     if refl is None:
-        st.info("This episode has no reflection (yet).")
+        safe.info("This episode has no reflection (yet).")
         if not learned.empty:
-            st.subheader("Learning outcome")
+            safe.subheader("Learning outcome")
             outcome.summary(learned)
         st.stop()
     fields = [("Error identification", refl.error_identification), ("Root cause analysis", refl.root_cause_analysis),
@@ -43,14 +43,14 @@ with friendly_errors("load reflections"):
         cols = st.columns(2)
         for col, (title, text) in zip(cols, row):
             with col.container(border=True):
-                st.subheader(title)
+                safe.subheader(title)
                 st.text(text or "—")
     if refl.reasoning:
         with st.expander("The Reflector's reasoning"):
             st.text(refl.reasoning)
-    st.subheader("Bullets tagged")
+    safe.subheader("Bullets tagged")
     if not refl.bullet_tags:
-        st.caption("The Reflector tagged no bullets (the generator used none, or none applied).")
+        safe.caption("The Reflector tagged no bullets (the generator used none, or none applied).")
     icons = {"helpful": "👍", "harmful": "👎", "neutral": "➖"}
     texts = views.current_texts(refl.playbook_id, [str(t.get("id")) for t in refl.bullet_tags])
     for t in refl.bullet_tags:
@@ -60,5 +60,5 @@ with friendly_errors("load reflections"):
         c2.page_link("app_pages/playbook.py", label="in the playbook", icon="📒",
                      query_params={"playbook": refl.playbook_id, "bullet": bid})
     if not learned.empty:
-        st.subheader("Learning outcome")
+        safe.subheader("Learning outcome")
         outcome.summary(learned)

@@ -3,9 +3,10 @@
 import streamlit as st
 
 from core import views
+from ui import safe
 from ui.components import STATUS_ICON, friendly_errors, live_trace, query_param
 
-st.title("🔎 Execution trace")
+safe.title("🔎 Execution trace")
 
 with friendly_errors("list the episodes"):
     c1, c2, c3 = st.columns([1, 1, 2])
@@ -17,12 +18,12 @@ with friendly_errors("list the episodes"):
     search = c3.text_input("Search tasks", "")
     df = views.episodes_frame(None if pb == "(all)" else pb, None if status == "(all)" else status, search=search)
     if df.empty:
-        st.info("No episodes yet. Run one from the Playground.")
+        safe.info("No episodes yet. Run one from the Playground.")
     else:
         df.insert(0, "", df["status"].map(lambda s: STATUS_ICON.get(s, "")))
         df["mode"] = df["mode"].replace({"sandbox_only": "no LLM"})
         df = df[["", "task", "status", "attempts", "tokens", "playbook", "mode", "created", "id"]]
-        st.caption(f"{len(df)} episode(s), newest first. Select a row to open its trace.")
+        safe.caption(f"{len(df)} episode(s), newest first. Select a row to open its trace.")
         event = st.dataframe(df, hide_index=True, width="stretch", height=260, on_select="rerun",
                              selection_mode="single-row", key="episodes_table",
                              column_config={"id": st.column_config.TextColumn("episode"),

@@ -1,7 +1,6 @@
 """Streamlit pieces shared by the pages (UI only; all data comes from core)."""
 
 import base64
-import html
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +23,8 @@ from core.episodes.events import (
 )
 from core.playbook.lines import BEGIN_MARK, END_MARK, line_id
 from core.storage.models import Event
-from ui import outcome
-from ui.llm_calls import call_links, render_llm_calls, text_block
+from ui import outcome, safe
+from ui.llm_calls import call_links, render_llm_calls
 
 STATUS_ICON = {"queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌", "error": "⚠️",
                "cancelled": "🚫", "pending": "📝", "applied": "✅", "partially_applied": "🟡", "rejected": "🚫"}
@@ -39,7 +38,7 @@ def friendly_errors(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - the page must keep working
-        st.error(f"Could not {what}: {exc}")
+        safe.error(f"Could not {what}: {exc}")
         with st.expander("Details"):
             st.code(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exception_only(exc)[-1]}", language="text")
 
@@ -56,34 +55,35 @@ def isolation_label(backend: str) -> str:
 
 
 @st.cache_data(ttl=300, show_spinner=False)
-def retrieval_label() -> str:
+def retrieval_label() -> tuple[str, str]:
     from core.retrieval import RankWeights
     from core.retrieval.embeddings import embedder_status
 
     weights = ", ".join(f"{k} {v:g}" for k, v in RankWeights.from_settings().as_dict().items())
-    return f"{embedder_status()}  \nweights: {weights}"
+    return embedder_status(), weights
 
 
 def sidebar_status() -> None:
     s = get_settings()
     with st.sidebar:
-        st.caption("Status")
+        safe.caption("Status")
         if s.llm_configured:
-            st.markdown(f"**Model** `{s.model}`  \n{s.openai_base_url or 'OpenAI'}")
+            safe.markdown(safe.md_format("**Model** {}  \n{}", s.model, s.openai_base_url or "OpenAI"))
         else:
-            st.markdown("**Model** not configured")
-        st.markdown(f"**Sandbox** `{s.sandbox_backend}`  \n{isolation_label(s.sandbox_backend)}")
-        st.markdown(f"**Review** `{s.review_mode}`")
-        st.markdown(f"**Retrieval** {retrieval_label()}")
+            safe.markdown(safe.md("**Model** not configured"))
+        safe.markdown(safe.md_format("**Sandbox** {}  \n{}", s.sandbox_backend, isolation_label(s.sandbox_backend)))
+        safe.markdown(safe.md_format("**Review** {}", s.review_mode))
+        safe.markdown(safe.md_format("**Retrieval** {}  \nweights: {}", *retrieval_label()))
         n = views.count_pending()
         if n:
-            st.page_link("app_pages/playbook.py", label=f"{n} delta(s) waiting for review", icon="📝")
+            st.page_link("app_pages/playbook.py", label=safe.label(f"{n} delta(s) waiting for review"), icon="📝")
 
 
-def llm_missing_message() -> str:
-    return ("No language model is configured, so LLM episodes cannot run. Set `OPENAI_API_KEY` (OpenAI), or "
-            "`OPENAI_BASE_URL` for a local OpenAI-compatible server (Ollama, vLLM, ...) with any key, and "
-            "`ACE_MODEL`, in the environment or `.env`, then restart. \"Run this code\" works without a model.")
+def llm_missing_message() -> safe.Md:
+    return safe.md("No language model is configured, so LLM episodes cannot run. Set `OPENAI_API_KEY` (OpenAI), "
+                   "or `OPENAI_BASE_URL` for a local OpenAI-compatible server (Ollama, vLLM, ...) with any key, and "
+                   "`ACE_MODEL`, in the environment or `.env`, then restart. \"Run this code\" works without a "
+                   "model.")
 
 
 KIND_COLOR = {"route": "#868e96", "generate": "#4c6ef5", "review": "#7950f2", "optimize": "#be4bdb",
@@ -97,30 +97,31 @@ def fmt_ms(ms: Optional[float]) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
-def highlight_legend() -> str:
-    return (f'<div style="font-size:0.85rem;margin-bottom:4px">Playbook bullets in the prompt: '
-            f'<span style="{USED_STYLE};padding:1px 6px">used by the model</span> '
-            f'<span style="{EMBEDDED_STYLE};padding:1px 6px">embedded, not used</span></div>')
+def highlight_legend() -> safe.Html:
+    return safe.html('<div style="font-size:0.85rem;margin-bottom:4px">Playbook bullets in the prompt: '
+                     '<span style="{};padding:1px 6px">used by the model</span> '
+                     '<span style="{};padding:1px 6px">embedded, not used</span></div>', USED_STYLE, EMBEDDED_STYLE)
 
 
-def highlight_bullets(text: str, ids: set[str]) -> str:
+def highlight_bullets(text: str, ids: set[str]) -> safe.Html:
     """HTML of a prompt with the embedded playbook bullets marked (the ones the model used stronger)."""
     out = []
     inside = False
     for line in text.splitlines():
-        esc = html.escape(line)
         bullet_id = line_id(line)
         if bullet_id is not None:
             style = USED_STYLE if bullet_id in ids else EMBEDDED_STYLE
-            esc = f'<span style="{style};display:inline-block;width:100%;padding-left:4px">{esc}</span>'
+            esc = safe.html('<span style="{};display:inline-block;width:100%;padding-left:4px">{}</span>', style, line)
         elif line.startswith((BEGIN_MARK, END_MARK)):
             inside = line.startswith(BEGIN_MARK)
-            esc = f'<b style="color:#1864ab">{esc}</b>'
+            esc = safe.html('<b style="color:#1864ab">{}</b>', line)
         elif inside and line.startswith("#"):
-            esc = f"<b>{esc}</b>"
+            esc = safe.html("<b>{}</b>", line)
+        else:
+            esc = safe.html("{}", line)
         out.append(esc)
-    return ('<pre style="white-space:pre-wrap;font-size:0.85rem;max-height:420px;overflow:auto;'
-            'background:#f8f9fa;padding:8px;border-radius:4px">' + "\n".join(out) + "</pre>")
+    return safe.html('<pre style="white-space:pre-wrap;font-size:0.85rem;max-height:420px;overflow:auto;'
+                     'background:#f8f9fa;padding:8px;border-radius:4px">{}</pre>', safe.html("\n").join(out))
 
 
 def _step_label(e: Any) -> str:
@@ -142,9 +143,10 @@ def timeline(evs: list[Any]) -> Optional[go.Figure]:
     t0 = min(start(e) for e in rows)
     fig = go.Figure()
     for e in rows:
-        fig.add_trace(go.Bar(x=[e.duration_ms], y=[_step_label(e)], base=[(start(e) - t0).total_seconds() * 1000],
+        name = safe.plotly_text(_step_label(e))  # plotly renders <a href> and <b> in axis labels and hovers
+        fig.add_trace(go.Bar(x=[e.duration_ms], y=[name], base=[(start(e) - t0).total_seconds() * 1000],
                              orientation="h", marker_color=KIND_COLOR.get(e.kind, "#adb5bd"), showlegend=False,
-                             hovertemplate=f"{_step_label(e)}: {fmt_ms(e.duration_ms)}<extra></extra>"))
+                             hovertext=[f"{name}: {fmt_ms(e.duration_ms)}"], hoverinfo="text"))
     fig.update_layout(height=70 + 30 * len(rows), margin=dict(l=10, r=10, t=10, b=40), xaxis_title="ms from start",
                       yaxis=dict(autorange="reversed", type="category"), font=dict(size=14))
     return fig
@@ -160,55 +162,56 @@ def _retrieved_rows(p: dict[str, Any], used: set[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _label_notes(e: Event) -> str:
+def _label_notes(e: Event) -> safe.Md:
     """What the expander label says beside the step: an unusable reply, dropped ops, invented ids, call count."""
     p = e.payload or {}
-    notes = []
+    notes = safe.md("")
     if views.unusable_reply(e) is not None:
-        notes.append("⚠️ reply unusable")
+        notes += safe.md(" · ⚠️ reply unusable")
     if e.kind == "curate" and (n := len(views.dropped_ops(p.get("dropped")))):
-        notes.append(f"{n} op(s) dropped")
+        notes += safe.md_format(" · {} op(s) dropped", n)
     if n := views.invented_count(p):
-        notes.append(f"{n} invented id(s) ignored")
+        notes += safe.md_format(" · {} invented id(s) ignored", n)
     if n := len(views.call_ids_of(p)):
-        notes.append(f"{n} model call(s)")
-    return "".join(f" · {x}" for x in notes)
+        notes += safe.md_format(" · {} model call(s)", n)
+    return notes
 
 
 def render_event(e: Event, language: str = "python", call_numbers: Optional[dict[int, int]] = None) -> None:
     """One trace event, read through its kind's payload type (`core.episodes.events`). Whatever a model wrote
     is shown as text (or escaped HTML), never as markdown."""
     p = e.payload or {}
-    label = f"{KIND_ICON.get(e.kind, '•')} {_step_label(e)}"
+    label = safe.md_format("{} {}", KIND_ICON.get(e.kind, "•"), _step_label(e))
     if e.duration_ms is not None:
-        label += f" · {fmt_ms(e.duration_ms)}"
+        label += safe.md_format(" · {}", fmt_ms(e.duration_ms))
     label += _label_notes(e)
     if e.kind == "route":
         route = cast(RoutePayload, p)
-        text = f"{KIND_ICON['route']} route: {route.get('reason', '')}"
+        text = safe.md_format("{} route: {}", KIND_ICON["route"], route.get("reason", ""))
         if route.get("mode") == "sandbox_only":
-            text += f"; sandbox **{route.get('backend', '-')}**, no model (run this code)"
+            text += safe.md_format("; sandbox **{}**, no model (run this code)", route.get("backend", "-"))
         elif route.get("backend"):
-            text += f"; review **{route.get('review_mode', '-')}**, sandbox **{route.get('backend', '-')}**"
-        st.markdown(text)
+            text += safe.md_format("; review **{}**, sandbox **{}**", route.get("review_mode", "-"),
+                                   route.get("backend", "-"))
+        safe.markdown(text)
         return
     if e.kind == "error":
-        st.error(label)
-        text_block(str(p.get("message") or ""))
+        safe.error(label)
+        safe.code(str(p.get("message") or ""))
         return
     if e.kind == "apply" and (reason := views.skipped_reason(p)) is not None:
         outcome.skipped(reason)
         return
     if e.kind == "evaluate":
         ev = cast(EvaluatePayload, p)
-        box = st.success if ev.get("passed") else st.warning
-        box(f"{label}: {'PASSED' if ev.get('passed') else 'FAILED'} "
-            f"{ev.get('total', 0) - len(ev.get('failed') or [])}/{ev.get('total', 0)} checks")
+        box = safe.success if ev.get("passed") else safe.warning
+        box(label + safe.md_format(": {} {}/{} checks", "PASSED" if ev.get("passed") else "FAILED",
+                                   ev.get("total", 0) - len(ev.get("failed") or []), ev.get("total", 0)))
         failed = (ev.get("failed") or [])[:20]
         if failed:
             st.text("\n".join(f"- {f}" for f in failed))
         return
-    with st.expander(label, expanded=e.kind in ("execute",)):
+    with st.expander(safe.label(label), expanded=e.kind in ("execute",)):
         if (bad := views.unusable_reply(e)) is not None:  # a model step whose reply could not be used
             outcome.unusable(bad)
         if e.kind in ("generate", "review", "optimize"):
@@ -219,16 +222,16 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
                     + (", ".join(str(b) for b in sorted(used)) if used else "none"))
             outcome.step_notes(e.kind, p)
             if gen.get("retrieved"):
-                st.caption("Bullets retrieved into the prompt, with their ranking signals")
+                safe.caption("Bullets retrieved into the prompt, with their ranking signals")
                 st.dataframe(_retrieved_rows(p, used), hide_index=True, width="stretch",
                              column_config={c: st.column_config.NumberColumn(c, format="%.3f")
                                             for c in ("score", "semantic", "lexical", "counters", "provenance")})
             prompts = [str(m.get("content", "")) for m in gen.get("messages") or []]
             if any(line_id(line) for text in prompts for line in text.splitlines()):
-                st.html(highlight_legend())
+                safe.show_html(highlight_legend())
             for m in gen.get("messages") or []:
-                st.caption(f"{m.get('role', '')} message")
-                st.html(highlight_bullets(str(m.get("content", "")), used))
+                safe.caption(f"{m.get('role', '')} message")
+                safe.show_html(highlight_bullets(str(m.get("content", "")), used))
             if gen.get("reasoning"):
                 st.text(f"Reasoning: {gen['reasoning']}")
             if gen.get("code"):
@@ -237,22 +240,22 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
             run = cast(ExecutePayload, p)
             ex = run.get("execution") or {}
             st.code(run.get("code", ""), language=run.get("language", language))
-            st.caption(f"exit {ex.get('exit_code')}" + (" · TIMED OUT" if ex.get("timed_out") else "")
+            safe.caption(f"exit {ex.get('exit_code')}" + (" · TIMED OUT" if ex.get("timed_out") else "")
                        + (" · output truncated" if ex.get("truncated") else "")
                        + f" · isolation: {run.get('isolation', '?')}")
             out, err = "".join(ex.get("logs", {}).get("stdout", [])), "".join(ex.get("logs", {}).get("stderr", []))
             er = ex.get("error") or {}
             if er:
-                st.error("The code raised an exception")
-                text_block(f"{er.get('name')}: {er.get('value')}")
+                safe.error("The code raised an exception")
+                safe.code(f"{er.get('name')}: {er.get('value')}")
             if out:
-                st.markdown("**stdout**")
+                safe.markdown(safe.md("**stdout**"))
                 st.code(out[-20000:], language="text")
             if err:
-                st.markdown("**stderr**")
+                safe.markdown(safe.md("**stderr**"))
                 st.code(err[-20000:], language="text")
             if er.get("traceback") and er["traceback"].strip() not in err:
-                st.markdown("**traceback**")
+                safe.markdown(safe.md("**traceback**"))
                 st.code(er["traceback"], language="text")
             for r in ex.get("results") or []:
                 if r.get("png"):
@@ -278,11 +281,12 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
             ap = cast(ApplyPayload, p)
             results = ap.get("results") or []
             if ap.get("status") == "pending":
-                st.markdown(f"{ap.get('operations', 0)} op(s) wait for review in delta `{ap.get('delta_id')}`.")
+                safe.markdown(safe.md_format("{} op(s) wait for review in delta {}.", ap.get("operations", 0),
+                                             ap.get("delta_id")))
             elif ap.get("version") is not None:
-                st.markdown(f"Applied {len(results)} op(s) as version **{ap['version']}** "
-                            f"(delta `{ap.get('delta_id')}`): "
-                            + ", ".join(f"{r.get('type')} `{r.get('bullet_id')}`" for r in results))
+                safe.markdown(safe.md_format("Applied {} op(s) as version **{}** (delta {}): {}", len(results),
+                                             ap["version"], ap.get("delta_id"),
+                                             ", ".join(f"{r.get('type')} {r.get('bullet_id')}" for r in results)))
             for r in ap.get("rejected") or []:
                 st.text(f"- not applied: {r}")
             st.json(p, expanded=False)
@@ -294,31 +298,31 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
 def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
     ep = views.get_episode(episode_id)
     if ep is None:
-        st.info(f"No episode {episode_id}.")
+        safe.info(f"No episode {episode_id}.")
         return
     sandbox_only = ep.mode == "sandbox_only"
-    st.markdown(f"#### {STATUS_ICON.get(ep.status, '')} {ep.status} · `{ep.id}`")
-    st.markdown(f"**Task** {ep.task}")
-    st.caption(f"playbook `{ep.playbook_id}` · {ep.language} · "
-               + ("run this code (no model)" if sandbox_only
-                  else f"model `{ep.model or '-'}` · review {ep.review_mode}")
-               + f" · created {ep.created_at:%Y-%m-%d %H:%M:%S}")
+    safe.heading(f"{STATUS_ICON.get(ep.status, '')} {ep.status} · {ep.id}")
+    safe.markdown(safe.md_format("**Task** {}", ep.task))
+    safe.caption(f"playbook {ep.playbook_id} · {ep.language} · "
+                 + ("run this code (no model)" if sandbox_only
+                    else f"model {ep.model or '-'} · review {ep.review_mode}")
+                 + f" · created {ep.created_at:%Y-%m-%d %H:%M:%S}")
     if sandbox_only:
         c = st.columns(4)
-        c[0].metric("sandbox time", fmt_ms(ep.sandbox_ms))
+        c[0].metric("sandbox time", safe.label(fmt_ms(ep.sandbox_ms)))
     else:
         c = st.columns(4)
-        c[0].metric("attempts", f"{ep.attempts}/{ep.max_iterations}")
-        c[1].metric("tokens", f"{ep.tokens:,}")
-        c[2].metric("LLM time", fmt_ms(ep.llm_ms))
-        c[3].metric("sandbox time", fmt_ms(ep.sandbox_ms))
+        c[0].metric("attempts", safe.label(f"{ep.attempts}/{ep.max_iterations}"))
+        c[1].metric("tokens", safe.label(f"{ep.tokens:,}"))
+        c[2].metric("LLM time", safe.label(fmt_ms(ep.llm_ms)))
+        c[3].metric("sandbox time", safe.label(fmt_ms(ep.sandbox_ms)))
     if ep.status in ("queued", "running") and ep.job_id:
         if st.button("Cancel this episode", key=f"cancel-{ep.id}"):
             jobs.cancel(ep.job_id)
-            st.toast("Cancellation requested")
+            safe.toast("Cancellation requested")
     if ep.error:
-        st.error("The episode ended with an error")
-        text_block(ep.error)
+        safe.error("The episode ended with an error")
+        safe.code(ep.error)
     evs = views.events(ep.id)
     fig = timeline(evs)
     if fig is not None:
@@ -335,7 +339,7 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
             continue
         render_event(e, ep.language, numbers)
     for attempt, chunks in live_output.items():
-        st.caption(f"live output, attempt {attempt}")
+        safe.caption(f"live output, attempt {attempt}")
         st.code("".join(chunks)[-20000:], language="text")
     if calls or not sandbox_only:
         render_llm_calls(ep.id, focus_call, calls)
@@ -350,7 +354,7 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
         links.append(("app_pages/reflection.py", "Open the reflection", "🔍", {"episode": ep.id}))
     links.append(("app_pages/playbook.py", f"Playbook {ep.playbook_id}", "📒", {"playbook": ep.playbook_id}))
     for col, (page, label, icon, params) in zip(st.columns(3), links):
-        col.page_link(page, label=label, icon=icon, query_params=params)
+        col.page_link(page, label=safe.label(label), icon=icon, query_params=params)
 
 
 def live_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
@@ -378,8 +382,8 @@ def call(fn: Callable[..., Any], *args: Any, success: str = "", **kwargs: Any) -
     try:
         out = fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        st.error(str(exc))
+        safe.error(str(exc))
         return None
     if success:
-        st.toast(success)
+        safe.toast(success)
     return out

@@ -5,44 +5,34 @@ never as markdown or HTML: a reply holding `![x](http://host/p.png)`, `<a href=.
 shows those characters, it does not fetch, link, typeset or colour anything.
 """
 
-import re
 from typing import Optional
 
 import streamlit as st
 
 from core import views
 from core.views import LLMCallView
+from ui import safe
 
 TRACE_PAGE = "app_pages/trace.py"
-_PLAIN = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")  # a value safe to put in a (markdown) label as is
-
-
-def _plain(value: Optional[str], fallback: str = "?") -> str:
-    """A server- or model-given word for a label, or the fallback when it is anything but a plain word."""
-    return value if value and _PLAIN.match(value) else fallback
 
 
 def _ms(ms: float) -> str:
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
 
 
-def text_block(body: str, long_lines: int = 25) -> None:
-    """Model text, literally: a plain code block (no highlighting), wrapped, scrolling when long."""
-    st.code(body, language=None, wrap_lines=True, height=420 if body.count("\n") > long_lines else "content")
-
-
-def call_label(c: LLMCallView) -> str:
-    """An expander label built only from numbers and plain words (labels render markdown)."""
-    label = f"#{c.n} {_plain(c.role)} · {_plain(c.mode, '-')} · round {c.round}"
+def call_label(c: LLMCallView) -> safe.Md:
+    """An expander label (labels render markdown): what the server or a model gave is escaped."""
+    label = safe.md_format("#{} {} · {} · round {}", c.n, c.role or "?", c.mode or "-", c.round)
     if c.retry:
-        label += f" retry {c.retry}"
+        label += safe.md_format(" retry {}", c.retry)
     if c.truncated:
-        label += f" · ✂️ cut at {c.cut_at} tokens"
+        label += safe.md_format(" · ✂️ cut at {} tokens", c.cut_at)
     elif c.finish_reason:
-        label += f" · {_plain(c.finish_reason)}"
+        label += safe.md_format(" · {}", c.finish_reason)
     if c.error:
-        label += " · ⚠️ error"
-    return label + f" · {c.prompt_tokens:,} → {c.completion_tokens:,} tokens · {_ms(c.latency_ms)}"
+        label += safe.md(" · ⚠️ error")
+    return label + safe.md_format(" · {:,} → {:,} tokens · {}", c.prompt_tokens, c.completion_tokens,
+                                  _ms(c.latency_ms))
 
 
 def render_call(c: LLMCallView) -> None:
@@ -54,31 +44,31 @@ def render_call(c: LLMCallView) -> None:
             f"tokens {c.prompt_tokens:,} prompt / {c.completion_tokens:,} completion · {_ms(c.latency_ms)}"
             f" · cost ${c.cost:.6f}")
     if c.truncated:
-        st.warning(f"✂️ The reply was cut at {c.cut_at} tokens (finish reason: length).")
+        safe.warning(safe.md_format("✂️ The reply was cut at {} tokens (finish reason: length).", c.cut_at))
     if c.error:
         st.text("error")
-        text_block(c.error)
+        safe.code(c.error)
     for i, (role, content) in enumerate(c.message_texts(), start=1):
         st.text(f"message {i} · {role} · {len(content):,} characters")
-        text_block(content)
+        safe.code(content)
     if c.response is None:
         st.text("reply: (none)")
     else:
         st.text(f"reply · {len(c.response):,} characters")
-        text_block(c.response)
+        safe.code(c.response)
 
 
 def render_llm_calls(episode_id: str, focus: Optional[str] = None,
                      calls: Optional[list[LLMCallView]] = None) -> None:
     """The "Model calls" section of a trace: a compact table, then every call, the linked one (`?call=`) open."""
     calls = views.llm_calls(episode_id) if calls is None else calls
-    st.markdown("#### Model calls")
+    safe.heading("Model calls")
     if not calls:
-        st.caption("No model calls were logged for this episode.")
+        safe.caption(safe.md("No model calls were logged for this episode."))
         return
     cut = sum(c.truncated for c in calls)
     failed = sum(bool(c.error) for c in calls)
-    st.caption(f"{len(calls)} call(s) · {sum(c.prompt_tokens for c in calls):,} prompt + "
+    safe.caption(f"{len(calls)} call(s) · {sum(c.prompt_tokens for c in calls):,} prompt + "
                f"{sum(c.completion_tokens for c in calls):,} completion tokens · "
                f"{_ms(sum(c.latency_ms for c in calls))} · ${sum(c.cost for c in calls):.6f}"
                + (f" · {cut} cut at the token cap" if cut else "") + (f" · {failed} failed" if failed else ""))
@@ -86,7 +76,7 @@ def render_llm_calls(episode_id: str, focus: Optional[str] = None,
                  column_config={"error": st.column_config.TextColumn("error", width="large"),
                                 "cost": st.column_config.NumberColumn("cost", format="$%.6f")})
     for c in calls:
-        with st.expander(call_label(c), expanded=focus == str(c.id)):
+        with st.expander(safe.label(call_label(c)), expanded=focus == str(c.id)):
             render_call(c)
 
 
@@ -94,9 +84,10 @@ def call_links(episode_id: str, call_ids: list[int], numbers: dict[int, int]) ->
     """Links from a trace step to the calls it made, each opening that call in the "Model calls" section."""
     if not call_ids:
         return
-    st.caption(f"model calls of this step: {len(call_ids)}")
+    safe.caption(f"model calls of this step: {len(call_ids)}")
     cols = st.columns(min(len(call_ids), 6))
     for i, cid in enumerate(call_ids):
         n = numbers.get(cid)
-        cols[i % len(cols)].page_link(TRACE_PAGE, label=f"call #{n}" if n else f"call {cid}", icon="💬",
+        name = safe.md_format("call #{}", n) if n else safe.md_format("call {}", cid)
+        cols[i % len(cols)].page_link(TRACE_PAGE, label=safe.label(name), icon="💬",
                                       query_params={"episode": episode_id, "call": str(cid)})

@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import views
 from core.views import DroppedOp, LearningOutcome, UnusableReply
-from ui.llm_calls import text_block
+from ui import safe
 
 
 def skipped(reason: str) -> None:
@@ -37,7 +37,7 @@ def unusable(u: UnusableReply) -> None:
         st.text("raw reply: (empty)")
     else:
         st.text("raw reply")
-        text_block(u.response)
+        safe.code(u.response)
 
 
 def step_notes(kind: str, payload: dict[str, Any]) -> None:
@@ -63,4 +63,4 @@ def summary(outcome: LearningOutcome) -> None:
     for u in outcome.unusable:
         st.text(f"{u.kind}" + (f", attempt {u.attempt}" if u.attempt else "") + f": reply unusable: {u.error}")
     if outcome.unusable:
-        st.caption("The raw replies are in the trace.")
+        safe.caption("The raw replies are in the trace.")
