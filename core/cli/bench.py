@@ -8,17 +8,19 @@ import sys
 from typing import Any
 
 from core.cli.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, fail
+from core.cli.inputs import BadInput, count, one_line, positive_int, writable
+from core.cli.playbook import playbook_id
 
 
 def add_bench_arguments(b: argparse.ArgumentParser) -> None:
     """The options, kept beside the code that reads them."""
     b.add_argument("suite", nargs="?", help="humaneval, a suite name (--list), or a .jsonl file")
-    b.add_argument("--epochs", type=int, default=1, help="passes over the train split while learning")
+    b.add_argument("--epochs", type=count, default=1, help="passes over the train split while learning")
     b.add_argument("--split", default="0.5", help="train fraction: 0.5, 50%% or 60/40 (the rest is the test split)")
-    b.add_argument("--limit", type=int, default=None, help="use only the first N tasks")
-    b.add_argument("--concurrency", type=int, default=2, help="tasks run at once (one sandbox each)")
+    b.add_argument("--limit", type=positive_int, default=None, help="use only the first N tasks")
+    b.add_argument("--concurrency", type=positive_int, default=2, help="tasks run at once (one sandbox each)")
     b.add_argument("--resume", metavar="RUN_ID", help="finish a stopped run; finished tasks are skipped")
-    b.add_argument("--max-iterations", type=int, default=None, help="attempts per task (default 1: pass@1)")
+    b.add_argument("--max-iterations", type=positive_int, default=None, help="attempts per task (default 1: pass@1)")
     b.add_argument("--workflow", choices=["single", "review"], default=None,
                    help="review: generator, reviewer and optimizer, each with its own playbook")
     b.add_argument("--playbook", dest="playbook_id", default=None, help="learn into this playbook (default: a new one)")
@@ -73,6 +75,20 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  playbook {s['playbook']['id']}: {s['playbook']['bullets']} bullets")
 
 
+def _check_config(a: argparse.Namespace, split: float, opts: dict[str, Any]) -> None:
+    """The run's settings within their bounds (epochs, concurrency, ...), before anything is recorded."""
+    from pydantic import ValidationError
+
+    from core.bench import BenchConfig
+
+    fields = {k: v for k, v in opts.items() if k != "playbook_id"}
+    try:
+        BenchConfig(suite=a.suite, epochs=a.epochs, split=split, limit=a.limit, concurrency=a.concurrency, **fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise BadInput(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     """Run, resume, list or add suites; the benchmark code loads only when this command runs."""
     from core.bench import (
@@ -86,7 +102,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         run_bench,
         set_run,
     )
-    from core.bench.suites import SuiteError, add_suite, list_suites
+    from core.bench.suites import SuiteError, add_suite, list_suites, load_suite
     from core.llm.client import LLMNotConfigured
     from core.storage.models import utcnow
 
@@ -103,20 +119,28 @@ def cmd_bench(a: argparse.Namespace) -> int:
             print(f"added suite {info['name']}: {info['tasks']} tasks ({', '.join(info['languages'])}) "
                   f"-> {info['path']}")
             return EXIT_OK
-        require_llm()
+        # every input is checked before asking for a model: bad input is exit 2 with or without one
+        for path, what in ((getattr(a, "csv", None), "--csv"), (getattr(a, "json", None), "--json")):
+            writable(path, what)
         if a.resume:
             run_id = a.resume
             get_run(run_id)
+            require_llm()
         elif not a.suite:
             return fail("name a suite (ace bench --list shows them) or --resume RUN_ID", EXIT_USAGE)
         else:
+            split = parse_split(a.split)
+            playbook_id(getattr(a, "playbook_id", None))
+            load_suite(a.suite)
             opts = {k: getattr(a, k) for k in ("max_iterations", "backend", "workflow", "seed", "playbook_id")
                     if getattr(a, k, None) is not None}
-            run_id = create_run(a.suite, a.epochs, parse_split(a.split), a.limit, a.concurrency, **opts)
+            _check_config(a, split, opts)
+            require_llm()
+            run_id = create_run(a.suite, a.epochs, split, a.limit, a.concurrency, **opts)
     except LLMNotConfigured as exc:
         return fail(str(exc), EXIT_ERROR)
     except (SuiteError, ValueError, KeyError) as exc:
-        return fail(str(exc).strip("'\""), EXIT_USAGE)
+        return fail(one_line(str(exc).strip("'\"")), EXIT_USAGE)
     run = get_run(run_id)
     cfg = BenchConfig.model_validate(run.config)
     print(f"benchmark run {run_id}: suite {run.suite}, {len(cfg.train)} train / {len(cfg.test)} test tasks, "

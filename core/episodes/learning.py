@@ -246,9 +246,73 @@ def create_learn_episode(playbook_id: str, user_message: str, ground_truth: Opti
         return ep
 
 
+_FAIL = r"fail(?:s|ed|ing|ures?)?|\w*errors?|incorrect|wrong"
+_PASS = r"pass(?:es|ed|ing)?|succe(?:ss(?:ful)?|eded|eds)|correct|ok"
+_NUM = r"\d+|no|zero|none"
+# "3/5 tests passed", "5 of 5 passed", "2 out of 4 failed": (done, total, word)
+_RATIO_BEFORE = re.compile(rf"\b(\d+)\s*(?:/|of|out of)\s*(\d+)\s+(?:[a-z]+\s+)?({_PASS}|{_FAIL})\b")
+# "PASSED 1/1", "failed 0/3" (a verdict, then passed/total)
+_RATIO_AFTER = re.compile(rf"\b({_PASS}|{_FAIL})\s*:?\s*(\d+)\s*/\s*(\d+)\b")
+# "12 passed", "all 12 tests passed", "0 failed", "no failures", "zero errors"
+_COUNT_BEFORE = re.compile(rf"\b({_NUM})\s+(?:[a-z]+\s+)?({_PASS}|{_FAIL})\b")
+# "failed: 0", "errors=0", "passed: 12"
+_COUNT_AFTER = re.compile(rf"\b({_PASS}|{_FAIL})\s*[:=]\s*(\d+)\b")
+# "did not fail", "without errors", "never failed", "error-free"
+_NO_FAIL = re.compile(rf"(?:\bnot|n't|\bnever|\bwithout)\s+(?:[a-z]+\s+)?(?:{_FAIL})\b|\berror[- ]free\b")
+# "did not pass", "isn't correct", "never succeeded"
+_NO_PASS = re.compile(rf"(?:\bnot|n't|\bnever)\s+(?:[a-z]+\s+)?(?:{_PASS})\b")
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
 def _looks_passed(evaluation: Optional[str]) -> Optional[bool]:
+    """Whether an agent's free-text evaluation says its run passed: True, False, or None (cannot tell).
+
+    Counts are read as counts: "all 12 tests passed, 0 failed", "failed: 0" and "no failures" pass,
+    "3/5 passed" and "1 error" fail; any failure that is not counted as zero or negated fails.
+    """
     if not evaluation:
         return None
+    e = evaluation.lower()
+    failed = passed = clean = nothing_passed = False
+
+    def is_fail(word: str) -> bool:
+        return re.fullmatch(_FAIL, word) is not None
+
+    for m in _RATIO_BEFORE.finditer(e):
+        done, total, word = int(m[1]), int(m[2]), m[3]
+        if is_fail(word):
+            failed, clean = failed or done > 0, clean or done == 0
+        elif total:
+            failed, passed = failed or done < total, passed or done == total
+    for m in _RATIO_AFTER.finditer(e):
+        word, done, total = m[1], int(m[2]), int(m[3])
+        failed = failed or is_fail(word) or done < total
+        passed = passed or (not is_fail(word) and 0 < done == total)
+    e = _RATIO_AFTER.sub(" ", _RATIO_BEFORE.sub(" ", e))
+    for m in [*_COUNT_BEFORE.finditer(e), *_COUNT_AFTER.finditer(e)]:
+        number, word = (m[1], m[2]) if m.re is _COUNT_BEFORE else (m[2], m[1])
+        n = _count(number)
+        if is_fail(word):
+            failed, clean = failed or n > 0, clean or n == 0
+        else:
+            passed, nothing_passed = passed or n > 0, nothing_passed or n == 0
+    e = _COUNT_AFTER.sub(" ", _COUNT_BEFORE.sub(" ", e))
+    if _NO_PASS.search(e):
+        failed = True
+    e = _NO_PASS.sub(" ", e)
+    if _NO_FAIL.search(e):
+        clean = True
+    e = _NO_FAIL.sub(" ", e)
+    failed = failed or re.search(rf"\b(?:{_FAIL})\b", e) is not None
+    passed = passed or re.search(rf"\b(?:{_PASS})\b", e) is not None
+    if failed:
+        return False
+    if passed or (clean and not nothing_passed):
+        return True
+    return None
     e = evaluation.lower()
     if re.search(r"\b(fail(ed|ure)?|error|incorrect|wrong)\b", e):
         return False

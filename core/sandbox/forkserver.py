@@ -110,10 +110,8 @@ class ForkServer:
         self.sock = ours
         try:
             spec = iso.SandboxSpec(disk_mb=self.disk_mb, as_pid_1=True)
-            argv = iso.bwrap_argv(bwrap, spec) + [
-                iso.sandbox_python()[1], "-I", "-S", f"{iso.SANDBOX_ACE}/forkserver.py", str(theirs.fileno()),
-            ]
-            argv, user = iso.as_host_uid(argv, self.uid)
+            command = [iso.sandbox_python()[1], "-I", "-S", f"{iso.SANDBOX_ACE}/forkserver.py", str(theirs.fileno())]
+            argv, user = iso.launch_argv(bwrap, spec, command, self.uid)
 
             def spawn() -> subprocess.Popen:
                 return subprocess.Popen(

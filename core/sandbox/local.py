@@ -13,7 +13,9 @@ project, its data or its database), the launcher at /opt/ace, and two sized
 tmpfs: /home/user (the work directory and cwd, like E2B) and /tmp. Nothing
 the program writes reaches the host's disk. No network, no capabilities, a
 clean environment, its own PID namespace. As root, bubblewrap itself is
-started as an unprivileged host uid, so RLIMIT_NPROC really binds.
+started as an unprivileged host uid, so RLIMIT_NPROC really binds; folders
+that uid cannot enter (a project under /root) are reached through a private
+mount namespace (isolation.py, stage.py).
 """
 
 import json
@@ -154,9 +156,8 @@ class LocalSandbox:
         path = "/home/user/main" + SUFFIX[lang]
         spec = iso.SandboxSpec(disk_mb=self.disk_mb, code_fd=code_fd, code_path=path)
         with iso.uid_slot() as host_uid:
-            argv = iso.bwrap_argv(bwrap, spec)
-            argv += launcher_argv(iso.sandbox_python()[1], iso.SANDBOX_ACE, limits, lang, path, write_fd)
-            argv, user = iso.as_host_uid(argv, host_uid)
+            command = launcher_argv(iso.sandbox_python()[1], iso.SANDBOX_ACE, limits, lang, path, write_fd)
+            argv, user = iso.launch_argv(bwrap, spec, command, host_uid)
             try:
                 return run_captured(
                     argv, timeout=timeout, max_output=self.max_output,
