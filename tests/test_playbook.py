@@ -165,8 +165,8 @@ def test_update_conflict_is_not_silently_overwritten(pb: str) -> None:
 
 
 def test_auto_apply_keeps_good_ops_and_notes_bad_ones(pb: str) -> None:
-    did = P.propose_delta(pb, [{"type": "TAG", "bullet_id": "py-00404", "tag": "helpful"},
-                               {"type": "ADD", "content": "Use functools.lru_cache for recursive memoization"}])
+    did, _ = P.submit_delta(pb, [{"type": "TAG", "bullet_id": "py-00404", "tag": "helpful"},  # as the Curator's
+                                 {"type": "ADD", "content": "Use functools.lru_cache for recursive memoization"}])
     r = P.auto_apply(did)
     assert [x.type for x in r.results] == ["ADD"] and len(r.rejected) == 1
     with read_session() as s:

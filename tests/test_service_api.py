@@ -25,6 +25,14 @@ VOCAB = ("parse cache retry index buffer stream socket thread lock queue vector 
          "yield await spawn fork pipe signal timeout budget").split()
 
 
+def err(r: Any) -> str:
+    """The messages of an error response (every error has one shape: `{"detail": [{loc, msg, type}]}`)."""
+    return "; ".join(e["msg"] for e in r.json()["detail"])
+
+
+NOT_FOUND = {"detail": [{"loc": ["path", "bullet_id"], "msg": "Bullet not found", "type": "not_found"}]}
+
+
 def add(c: TestClient, pid: str, content: str, section: str | None = None) -> dict[str, Any]:
     r = c.post(f"/playbooks/{pid}/bullets", json={"content": content, **({"section": section} if section else {})})
     assert r.status_code == 201, r.text
@@ -71,9 +79,9 @@ def test_bullet_endpoints_match_the_reference(client: TestClient) -> None:
     listed = client.get("/playbooks/demo/bullets").json()["bullets"]
     assert [x["id"] for x in listed] == [bid]
     r = client.patch("/playbooks/demo/bullets/nope/content", json={"content": "x"})
-    assert r.status_code == 404 and r.json() == {"detail": "Bullet not found"}
+    assert r.status_code == 404 and r.json() == NOT_FOUND
     for tag in ("helpful", "harmful", "neutral"):
-        assert client.post(f"/playbooks/demo/bullets/nope/increment_{tag}").json() == {"detail": "Bullet not found"}
+        assert client.post(f"/playbooks/demo/bullets/nope/increment_{tag}").json() == NOT_FOUND
 
 
 def test_every_bullet_change_is_a_version(client: TestClient) -> None:
@@ -124,7 +132,9 @@ def test_soft_delete_sections_and_edit(client: TestClient) -> None:
     assert a["id"] not in [b["id"] for b in client.get("/playbooks/demo/bullets").json()["bullets"]]
     everything = client.get("/playbooks/demo/bullets?include_removed=true").json()["bullets"]
     assert {b["id"]: b["status"] for b in everything}[a["id"]] == "removed"
-    assert client.get(f"/playbooks/demo/bullets/{a['id']}").json()["bullet"]["status"] == "removed"
+    assert client.get(f"/playbooks/demo/bullets/{a['id']}").json() == NOT_FOUND  # removed: 404 unless asked
+    r = client.get(f"/playbooks/demo/bullets/{a['id']}", params={"include_removed": True})
+    assert r.status_code == 200 and r.json()["bullet"]["status"] == "removed"
     assert client.delete(f"/playbooks/demo/bullets/{a['id']}").status_code == 404
     assert client.post(f"/playbooks/demo/bullets/{a['id']}/increment_helpful").status_code == 404
 
@@ -169,7 +179,7 @@ def test_export_and_import_round_trip(client: TestClient) -> None:
     assert [(b["id"], b["metadata"]["helpful_count"]) for b in client.get("/playbooks/dst/bullets").json()["bullets"]] \
         == [("t-00001", 3)]
     bad = client.post("/playbooks/dst/import", content=b'{"format": "ace-playground/1", "bullets": [{"content": ""}]}')
-    assert bad.status_code == 422 and "empty" in bad.json()["detail"]
+    assert bad.status_code == 422 and "empty" in err(bad)
     assert client.get("/playbooks/dst").json()["playbook"]["current_version"] == 2  # nothing changed
 
 
@@ -196,7 +206,7 @@ def test_pending_deltas_approve_and_reject_per_op(client: TestClient) -> None:
     contents = [b["content"] for b in client.get("/playbooks/demo/bullets").json()["bullets"]]
     assert "Write a failing test first, then the fix" in contents and "Ignore flaky tests" not in contents
     r = client.post(f"/playbooks/demo/deltas/{delta['id']}/ops/{ops[0]}/approve")
-    assert r.status_code == 409 and "already" in r.json()["detail"]
+    assert r.status_code == 409 and "already" in err(r)
     assert client.get("/playbooks/demo/deltas/d-nothere").status_code == 404
     assert client.get(f"/playbooks/other/deltas/{delta['id']}").status_code == 404
 
@@ -204,7 +214,8 @@ def test_pending_deltas_approve_and_reject_per_op(client: TestClient) -> None:
 def test_apply_mode_delta_is_all_or_nothing(client: TestClient) -> None:
     r = client.post("/playbooks/demo/deltas", json={"mode": "apply", "operations": [
         {"type": "ADD", "content": "fine"}, {"type": "TAG", "bullet_id": "b-09999", "tag": "helpful"}]})
-    assert r.status_code == 422 and "does not exist" in r.json()["detail"]
+    assert r.status_code == 422 and "does not exist" in err(r)
+    assert r.json()["detail"][0]["loc"] == ["body", "operations", 1, "bullet_id"]
     assert client.get("/playbooks/demo/bullets").json() == {"bullets": []}
     r = client.post("/playbooks/demo/deltas", json={"mode": "apply", "operations": [{"type": "ADD", "content": "ok"}]})
     assert r.status_code == 201 and r.json()["version"] == 1 and r.json()["delta"]["status"] == "applied"
@@ -241,14 +252,14 @@ def test_validation_errors_name_the_fields(client: TestClient) -> None:
     r = client.post("/playbooks/demo/embed_prompt", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422
     r = client.post("/playbooks/demo/bullets", json={"content": "   "})
-    assert r.status_code == 422 and "empty" in r.json()["detail"]
+    assert r.status_code == 422 and "empty" in err(r)
 
 
 def test_body_size_limit_is_413(db_url: str, settings_env: Any) -> None:
     settings_env(ACE_SERVICE_MAX_BODY="2000")
     with TestClient(create_app(start_worker=False)) as c:
         r = c.post("/playbooks/demo/embed_prompt", json={"prompt": "x" * 5000})
-        assert r.status_code == 413 and "too large" in r.json()["detail"] and "2,000" in r.json()["detail"]
+        assert r.status_code == 413 and "too large" in err(r) and "2,000" in err(r)
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
             yield b'{"prompt": "'
@@ -266,7 +277,7 @@ def test_bearer_token_when_configured(db_url: str, settings_env: Any) -> None:
     with TestClient(create_app(start_worker=False)) as c:
         r = c.get("/playbooks")
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
-        assert "ACE_SERVICE_TOKEN" in r.json()["detail"] and "s3cret" not in r.text
+        assert "ACE_SERVICE_TOKEN" in err(r) and "s3cret" not in r.text
         assert c.get("/playbooks", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/playbooks", headers={"Authorization": "s3cret-token"}).status_code == 401
         assert c.get("/playbooks", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
@@ -293,7 +304,7 @@ def test_unexpected_errors_are_500_without_a_trace(client: TestClient, monkeypat
     monkeypatch.setattr(P, "embed_prompt", boom)
     with TestClient(client.app, raise_server_exceptions=False) as c:
         r = c.post("/playbooks/demo/embed_prompt", json={"prompt": "x"})
-    assert r.status_code == 500 and r.json() == {"detail": "internal error"}
+    assert r.status_code == 500 and r.json() == {"detail": [{"loc": [], "msg": "internal error", "type": "internal"}]}
     assert "Traceback" not in r.text and "secret" not in r.text
 
 
@@ -313,7 +324,7 @@ def test_a_full_database_is_503_and_changes_nothing(db_url: str) -> None:
         with TestClient(create_app(start_worker=False), raise_server_exceptions=False) as c:
             r = c.post("/playbooks/full/deltas", json={"mode": "apply", "operations": [
                 {"type": "ADD", "content": f"{'long text ' * 300} {i}"} for i in range(200)]})
-            assert r.status_code == 503 and "retry" in r.json()["detail"], r.text
+            assert r.status_code == 503 and "retry" in err(r), r.text
     finally:
         dispose_engines()
     assert [b.content for b in P.active_bullets("full")] == ["seed"] and P.get_playbook("full").current_version == 1

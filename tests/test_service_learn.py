@@ -123,7 +123,7 @@ def test_failed_learn_job_is_recorded_and_can_be_retried(client: TestClient, fak
     done = job(client, "agent", jid)
     assert done["status"] == "completed" and done["error"] is None and done["attempts"] == 2
     r = client.post(f"/playbooks/agent/episodes/learn/{jid}/retry")
-    assert r.status_code == 409 and "only failed" in r.json()["detail"]
+    assert r.status_code == 409 and "only failed" in r.json()["detail"][0]["msg"]
 
 
 def test_learn_without_a_model_fails_clearly(client: TestClient) -> None:
@@ -138,7 +138,8 @@ def test_learn_job_lookup_is_per_playbook(client: TestClient) -> None:
     jid = client.post("/playbooks/one/episodes/learn",
                       json={"user_message": "u", "trajectory": "t"}).json()["learn_job_id"]
     r = client.get(f"/playbooks/two/episodes/learn/{jid}")
-    assert r.status_code == 404 and r.json() == {"detail": "Learn job not found"}
+    assert r.status_code == 404 and r.json()["detail"] == [
+        {"loc": ["path", "learn_job_id"], "msg": "Learn job not found", "type": "not_found"}]
     assert client.get("/playbooks/one/episodes/learn/job-unknown").status_code == 404
     assert client.post("/playbooks/one/episodes/learn/job-unknown/retry").status_code == 404
     episode_job = jobs.enqueue("episode", {"spec": {}})

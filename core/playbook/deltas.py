@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from core.config import get_settings
 from core.playbook.applier import DELTAS, Applier, ApplyResult, OpResult, load_bullets, named_ids, summary_of
-from core.playbook.ops import DeltaConflict, DeltaError, DeltaIn, OpIn, check_content
+from core.playbook.ops import BulletMissing, DeltaConflict, DeltaError, DeltaIn, OpIn, check_content
 from core.playbook.store import ensure_playbook, validate_playbook_id
 from core.retrieval.embeddings import embed_query
 from core.storage.db import connection_writer, is_sqlite, row_writer, write_session
@@ -33,10 +33,26 @@ def _as_ops(ops: DeltaIn | Iterable[OpIn | dict]) -> tuple[str, list[OpIn]]:
         try:
             out.append(op if isinstance(op, OpIn) else OpIn.model_validate(op))
         except Exception as exc:  # pydantic ValidationError, TypeError
-            raise DeltaError(f"operation {i + 1}: {exc}") from exc
+            raise DeltaError(f"operation {i + 1}: {exc}", loc=("operations", i)) from exc
     return "", out
 
 
+def check_named(playbook_id: str, ops: Sequence[OpIn], known: Mapping[str, Bullet]) -> None:
+    """Every bullet an op names exists in the playbook and is active, else BulletMissing (422) naming the
+    first op that does not hold and the id. Explicit deltas are checked this way when they arrive, so a
+    proposal that waits for review never names a bullet that is not there."""
+    for i, op in enumerate(ops):
+        named = [("bullet_id", op.bullet_id)] if op.type in ("UPDATE", "TAG", "REMOVE") else \
+            [(j, bid) for j, bid in enumerate(op.bullet_ids)] if op.type == "MERGE" else []
+        for where, bid in named:
+            b = known.get(bid or "")
+            what = f"operation {i + 1} ({op.type})"
+            loc = ("operations", i, "bullet_id") if where == "bullet_id" else ("operations", i, "bullet_ids", where)
+            if b is None:
+                raise BulletMissing(f"{what}: bullet {bid!r} does not exist in playbook {playbook_id!r}", loc=loc)
+            if b.status != "active":
+                raise BulletMissing(f"{what}: bullet {bid!r} was removed" +
+                                    (f" (merged into {b.merged_into})" if b.merged_into else ""), loc=loc)
 
 
 def _op_rows(delta: Delta, ops: Sequence[OpIn], known: dict[str, Bullet]) -> list[DeltaOp]:
@@ -93,8 +109,13 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
         ap = Applier(s, pb, episode_id, delta.id)
         ap.preload(op_list, known)
         results = []
+        check_named(pb.id, op_list, known)
         for i, (op, row) in enumerate(zip(op_list, rows)):
-            res = ap.apply(i, op)
+            try:
+                res = ap.apply(i, op)
+            except DeltaError as exc:  # all or nothing: the transaction rolls back; say which op failed
+                exc.loc = exc.loc or ("operations", i)
+                raise
             row.decision, row.decided_by, row.decided_at = "approved", actor, utcnow()
             row.result_bullet_id = res.bullet_id
             row.note = res.note or None
@@ -107,8 +128,9 @@ def apply_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasonin
 
 def propose_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
                   episode_id: Optional[str] = None, source: str = "curator") -> str:
-    """Store a delta for review; nothing changes in the playbook yet."""
-    return submit_delta(playbook_id, ops, reasoning, episode_id, source, auto=False)[0]
+    """Store a delta for review; nothing changes in the playbook yet. Every bullet an op names must exist
+    and be active now (BulletMissing otherwise, and nothing is stored)."""
+    return submit_delta(playbook_id, ops, reasoning, episode_id, source, auto=False, strict=True)[0]
 
 
 def _dropped(dropped: Optional[Sequence[Mapping[str, Any]]]) -> Optional[list[dict[str, Any]]]:
@@ -174,11 +196,13 @@ def auto_apply(delta_id: str, actor: str = "auto") -> ApplyResult:
 def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoning: str = "",
                  episode_id: Optional[str] = None, source: str = "curator",
                  auto: bool = False,
-                 dropped: Optional[Sequence[Mapping[str, Any]]] = None) -> tuple[str, Optional[ApplyResult]]:
+                 dropped: Optional[Sequence[Mapping[str, Any]]] = None,
+                 strict: bool = False) -> tuple[str, Optional[ApplyResult]]:
     """Store a delta and, in auto mode, apply what can be applied: one transaction either way.
 
     `dropped`: ops a model proposed that were dropped before they got here (`[{"op": ..., "reason": ...}]`),
-    kept on the delta so its review shows them."""
+    kept on the delta so its review shows them. `strict`: every bullet an op names must exist and be
+    active (BulletMissing otherwise; nothing is stored), as for a delta a person or an agent sends."""
     r, op_list = _as_ops(ops)
     if not op_list:
         return _record_empty(playbook_id, reasoning or r, episode_id, source, dropped), None
@@ -186,6 +210,8 @@ def submit_delta(playbook_id: str, ops: DeltaIn | Iterable[OpIn | dict], reasoni
     with write_session() as s:
         pb = ensure_playbook(s, playbook_id)  # held: the session's identity map only keeps it while referenced
         known = load_bullets(s, pb.id, named_ids(op_list))
+        if strict:
+            check_named(pb.id, op_list, known)
         if not auto:
             return _store_delta(s, playbook_id, op_list, reasoning or r, episode_id, source, known,
                                 dropped)[0].id, None

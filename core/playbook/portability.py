@@ -17,13 +17,20 @@ from sqlmodel import col, select
 
 from core.playbook.applier import Applier
 from core.playbook.lines import bullet_line, parse_line
-from core.playbook.ops import DeltaError, check_content, normalize_section
+from core.playbook.ops import ID_RE, DeltaError, check_content, normalize_section
 from core.playbook.store import ensure_playbook
 from core.storage.db import read_session, write_session
 from core.storage.models import Bullet, Delta, Playbook, utcnow
 
 FORMAT_TAG = "ace-playground/1"
 MAX_IMPORT_BYTES = 50_000_000
+MAX_JSON_DEPTH = 32  # arrays and objects; our export nests 3 deep, a skillbook 3
+MAX_JSON_DIGITS = 1000  # in a row: Python's parser refuses integers past 4,300 digits with a bare ValueError
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+_LONG_NUMBER = re.compile(rf"\d{{{MAX_JSON_DIGITS + 1},}}")
 
 
 @dataclass
@@ -84,6 +91,43 @@ def export_markdown(playbook_id: str) -> str:
 # -------------------------------------------------------------------- parsing
 
 
+def json_problem(text: str, limit: int = MAX_JSON_DEPTH, brackets: bool = True) -> Optional[tuple[str, str]]:
+    """Why JSON text must not be parsed, as (type, message): arrays and objects nested more than `limit`
+    deep ("json_too_deep": Python's parser recurses once per level, and 100k levels is a RecursionError),
+    brackets that no JSON document has (unless `brackets` is false: the caller parses it to say where),
+    or a number of more than 1,000 digits (the parser's bare ValueError); None when it may be parsed.
+    Strings are skipped; regular expressions do the scanning, so a large file costs a few passes in C."""
+    bare = _JSON_STRING.sub("", text)
+    if _LONG_NUMBER.search(bare):
+        return "json_invalid", f"invalid JSON: a number has more than {MAX_JSON_DIGITS:,} digits"
+    s = _NOT_BRACKET.sub("", bare)
+    for _ in range(limit):  # each pass removes the innermost level: `[]` and `{}` with nothing inside
+        if not s:
+            return None
+        t = _EMPTY_PAIR.sub("", s)
+        if len(t) == len(s):
+            return ("json_invalid", "invalid JSON: its brackets do not match") if brackets else None
+        s = t
+    return ("json_too_deep", f"the JSON nests arrays and objects more than {limit} levels deep") if s else None
+
+
+def load_json(text: str) -> Any:
+    """JSON text parsed, once `json_problem` finds nothing wrong with it; DeltaError (422) otherwise."""
+    problem = json_problem(text, brackets=False)  # brackets that do not match: the parser says where
+    if problem is not None:
+        raise DeltaError(problem[1])
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DeltaError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} "
+                         "(is the file truncated?)") from None
+    except RecursionError:  # unmatched brackets nested past the parser's limit before it saw the mismatch
+        raise DeltaError(f"invalid JSON: its brackets do not match, nested more than {MAX_JSON_DEPTH} levels "
+                         "deep") from None
+    except ValueError as exc:  # not reached with the checks above; never a 500 if it were
+        raise DeltaError(f"invalid JSON: {exc}") from None
+
+
 def _decode(data: bytes | str) -> str:
     if isinstance(data, str):
         return data
@@ -95,10 +139,14 @@ def _decode(data: bytes | str) -> str:
         raise DeltaError(f"import file is not UTF-8 text (byte {exc.start}): re-save it as UTF-8") from None
 
 
+MAX_COUNT = 2**31 - 1
+
+
 def _int(v: Any) -> int:
+    """A counter as stored: 0 for what is not a number, clamped to 0..2**31-1 (1e999 is inf, not an error)."""
     try:
-        return max(0, int(v or 0))
-    except (TypeError, ValueError):
+        return min(MAX_COUNT, max(0, int(v or 0)))
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 
@@ -128,11 +176,17 @@ def parse_kayba(doc: dict[str, Any]) -> list[ImportedBullet]:
 
 def parse_ours(doc: dict[str, Any]) -> list[ImportedBullet]:
     out = []
-    for i, e in enumerate(doc.get("bullets") or []):
+    bullets = doc.get("bullets")
+    if not isinstance(bullets, list):
+        raise DeltaError("our export needs 'bullets': a list of bullet objects")
+    for i, e in enumerate(bullets):
         if not isinstance(e, dict):
             raise DeltaError(f"bullet {i + 1} is not an object")
+        content = e.get("content")
+        if not isinstance(content, str):
+            raise DeltaError(f"bullet {i + 1}: content must be text (got {type(content).__name__})")
         out.append(ImportedBullet(
-            id=_text(e.get("id")), section=normalize_section(e.get("section")), content=str(e.get("content") or ""),
+            id=_text(e.get("id")), section=normalize_section(e.get("section")), content=content,
             helpful=_int(e.get("helpful")), harmful=_int(e.get("harmful")), neutral=_int(e.get("neutral")),
             status="removed" if e.get("status") == "removed" else "active", merged_into=_text(e.get("merged_into")),
             source_episode_id=_text(e.get("source_episode_id"))))
@@ -140,8 +194,23 @@ def parse_ours(doc: dict[str, Any]) -> list[ImportedBullet]:
 
 
 def _text(v: Any) -> Optional[str]:
-    """A reference field as text (a file may write ids as numbers); None when absent or empty."""
-    return None if v is None or v == "" else str(v)
+    """A reference to a bullet or episode as text (a file may write ids as numbers); None when absent,
+    empty or not an id at all."""
+    if v is None or v == "" or isinstance(v, (dict, list)):
+        return None
+    text = str(v)
+    return text if ID_RE.match(text) else None
+
+
+def _meta(doc: dict[str, Any]) -> dict[str, Any]:
+    """The playbook fields of our export that an import uses, as short text (anything else is dropped)."""
+    pb = doc.get("playbook")
+    if pb is None:
+        return {}
+    if not isinstance(pb, dict):
+        raise DeltaError("'playbook' must be an object (name, description, environment)")
+    limits = {"name": 200, "environment": 64, "description": 2000}
+    return {k: v[:n] for k, n in limits.items() if isinstance(v := pb.get(k), str) and v.strip()}
 
 
 def parse_text(text: str) -> list[ImportedBullet]:
@@ -168,13 +237,9 @@ def parse(data: bytes | str) -> tuple[str, list[ImportedBullet], dict[str, Any]]
     text = _decode(data)
     stripped = text.lstrip()
     if stripped.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DeltaError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg} "
-                             "(is the file truncated?)") from None
+        doc = load_json(text)
         if doc.get("format") == FORMAT_TAG:
-            return "ace-playground", parse_ours(doc), dict(doc.get("playbook") or {})
+            return "ace-playground", parse_ours(doc), _meta(doc)
         if "skills" in doc or "bullets" in doc:
             return "kayba-skillbook", parse_kayba(doc), {}
         raise DeltaError("unknown JSON playbook: expected our export, or a skillbook with 'skills' or 'bullets'")
@@ -212,7 +277,7 @@ def import_playbook(playbook_id: str, data: bytes | str, replace: bool = False, 
         taken = set(s.exec(select(Bullet.id).where(Bullet.playbook_id == pb.id)))
         _bump_seq(pb, taken | {it.id for it in items if it.id})  # generated ids start past every id the file names
         for it in items:
-            bid = it.id if it.id and it.id not in taken and re.match(r"^[A-Za-z0-9_.-]{1,64}$", it.id) else None
+            bid = it.id if it.id and it.id not in taken and ID_RE.match(it.id) else None
             b = ap.new_bullet(it.section, it.content, it.helpful, it.harmful, it.neutral, bullet_id=bid, check_id=False)
             taken.add(b.id)
             b.source_episode_id = it.source_episode_id

@@ -39,10 +39,14 @@ class ACETimeout(ACEError):
 
 
 class ACEHTTPError(ACEError):
-    """The service answered with an error status; `detail` is its explanation."""
+    """The service answered with an error status: `detail` is its explanation in words (the messages, joined
+    by "; "), `errors` the service's list as sent (`[{"loc": [...], "msg": ..., "type": ...}]`)."""
 
     def __init__(self, status_code: int, detail: Any, method: str, url: str):
-        self.status_code, self.detail = status_code, detail
+        self.status_code = status_code
+        self.errors: list[Any] = detail if isinstance(detail, list) else []
+        self.detail = "; ".join(str(e.get("msg")) if isinstance(e, dict) else str(e) for e in detail) \
+            if isinstance(detail, list) else detail
         super().__init__(f"{method} {url} -> {status_code}: {_detail_text(detail)}")
 
 
@@ -55,9 +59,9 @@ class LearnJobFailed(ACEError):
 
 
 def _detail_text(detail: Any) -> str:
-    if isinstance(detail, list):  # FastAPI validation errors: name the fields
-        return "; ".join(f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" if isinstance(e, dict)
-                         else str(e) for e in detail)
+    if isinstance(detail, list):  # the service's errors: name the fields
+        return "; ".join((f"{'.'.join(str(x) for x in e.get('loc') or [])}: {e.get('msg')}" if e.get("loc")
+                          else str(e.get("msg"))) if isinstance(e, dict) else str(e) for e in detail)
     return str(detail)
 
 

@@ -1,19 +1,31 @@
 """The request and response bodies of the HTTP API.
 
 Class names are the schema names in the OpenAPI document, which clients of the
-reference ACE service rely on: rename none of them.
+reference ACE service rely on: rename none of them. Request bodies are strict
+(`Body`): `k: true` or `k: "5"` is not a number, `approve: "yes"` not a boolean.
+Text fields holding NUL or a lone surrogate never get here (`core.service.body`).
 """
 
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.playbook import PLAYBOOK_ID_RE, versions
-from core.playbook.ops import DeltaIn
+from core.playbook.ops import MAX_BULLET_CHARS, MAX_OPS, DeltaIn, OpIn
 
 MAX_K = 1000
+MAX_OP_ID = 2**53 - 1  # exact as a JSON number everywhere
+MAX_NAME = 200
+MAX_DESCRIPTION = 2000
 ReviewMode = Literal["auto", "manual"]
+CONTENT = "the bullet's text (blank text is refused)"
+
+
+class Body(BaseModel):
+    """A request body: types as sent, no coercion."""
+
+    model_config = ConfigDict(strict=True)
 
 
 class PlaybookOut(BaseModel):
@@ -60,35 +72,35 @@ class BulletsEnvelope(BaseModel):
     bullets: list[BulletOut]
 
 
-class CreatePlaybookIn(BaseModel):
-    name: str
-    description: Optional[str] = None
+class CreatePlaybookIn(Body):
+    name: str = Field(max_length=MAX_NAME)
+    description: Optional[str] = Field(None, max_length=MAX_DESCRIPTION)
     id: Optional[str] = Field(None, pattern=PLAYBOOK_ID_RE.pattern, description="default: a new UUID")
     environment: Optional[str] = Field(None, max_length=64)
     review_mode: Optional[ReviewMode] = None
 
 
-class UpdatePlaybookIn(BaseModel):
-    name: Optional[str] = None
-    description: Optional[str] = None
+class UpdatePlaybookIn(Body):
+    name: Optional[str] = Field(None, max_length=MAX_NAME)
+    description: Optional[str] = Field(None, max_length=MAX_DESCRIPTION)
     review_mode: Optional[ReviewMode] = Field(None, description="send null to follow ACE_REVIEW_MODE again")
 
 
-class CreateBulletIn(BaseModel):
-    content: str
+class CreateBulletIn(Body):
+    content: str = Field(min_length=1, max_length=MAX_BULLET_CHARS, description=CONTENT)
     section: Optional[str] = Field(None, max_length=200)
 
 
-class ContentIn(BaseModel):
-    content: str
+class ContentIn(Body):
+    content: str = Field(min_length=1, max_length=MAX_BULLET_CHARS, description=CONTENT)
 
 
-class EditBulletIn(BaseModel):
-    content: Optional[str] = None
+class EditBulletIn(Body):
+    content: Optional[str] = Field(None, min_length=1, max_length=MAX_BULLET_CHARS, description=CONTENT)
     section: Optional[str] = Field(None, max_length=200)
 
 
-class EmbedIn(BaseModel):
+class EmbedIn(Body):
     prompt: str
     k: int = Field(20, ge=0, le=MAX_K)
 
@@ -97,7 +109,7 @@ class EmbedOut(BaseModel):
     prompt: str
 
 
-class RetrieveIn(BaseModel):
+class RetrieveIn(Body):
     user_message: str
     k: int = Field(20, ge=0, le=MAX_K)
 
@@ -111,7 +123,7 @@ class RetrieveOut(BaseModel):
     retrieved_bullets: list[RetrievedBulletOut]
 
 
-class LearnIn(BaseModel):
+class LearnIn(Body):
     user_message: str
     trajectory: str
     ground_truth: Optional[str] = None
@@ -187,24 +199,30 @@ class DeltasEnvelope(BaseModel):
 
 
 class NewDeltaIn(DeltaIn):
+    """Typed operations. Every bullet an UPDATE, TAG, REMOVE or MERGE names must exist and be active when the
+    delta arrives (422 naming the op and the id otherwise), whether it is applied or waits for review."""
+
+    model_config = ConfigDict(strict=True)
+    operations: list[OpIn] = Field(min_length=1, max_length=MAX_OPS)
     mode: Literal["propose", "apply"] = Field("propose", description="propose: wait for review; apply: all or nothing")
 
 
-class DecisionIn(BaseModel):
-    op_id: int
+class DecisionIn(Body):
+    op_id: int = Field(ge=1, le=MAX_OP_ID)
     approve: bool
     note: Optional[str] = Field(None, max_length=2000)
-    content: Optional[str] = Field(None, description="edited text for ADD, UPDATE or MERGE")
+    content: Optional[str] = Field(None, min_length=1, max_length=MAX_BULLET_CHARS,
+                                   description="edited text for ADD, UPDATE or MERGE")
 
 
-class DecisionsIn(BaseModel):
-    decisions: list[DecisionIn] = Field(min_length=1)
+class DecisionsIn(Body):
+    decisions: list[DecisionIn] = Field(min_length=1, max_length=1000)
     actor: str = Field("api", max_length=100)
 
 
-class OpDecisionIn(BaseModel):
+class OpDecisionIn(Body):
     note: Optional[str] = Field(None, max_length=2000)
-    content: Optional[str] = None
+    content: Optional[str] = Field(None, min_length=1, max_length=MAX_BULLET_CHARS)
     actor: str = Field("api", max_length=100)
 
 
@@ -267,6 +285,24 @@ class SectionOut(BaseModel):
 
 class SectionsEnvelope(BaseModel):
     sections: list[SectionOut]
+
+
+_IMPORTED_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_BULLET_CHARS, "pattern": r"\S"}
+_SKILLS = {"type": "object", "additionalProperties": {"type": "object", "anyOf": [
+    {"required": ["content"]}, {"required": ["insight"]}, {"required": ["issue"]}]}}
+IMPORT_BODY: dict[str, Any] = {"required": True, "description": (
+    "A playbook file: our JSON export, a kayba skillbook JSON, or an ace-agent text playbook "
+    "(`## section` lines, then `[id] helpful=X harmful=Y :: content`). At most 32 levels of JSON nesting."),
+    "content": {
+        "application/json": {"schema": {"anyOf": [
+            {"type": "object", "title": "Export", "required": ["format", "bullets"], "properties": {
+                "format": {"const": "ace-playground/1"}, "playbook": {"type": ["object", "null"]},
+                "bullets": {"type": "array", "items": {"type": "object", "required": ["content"],
+                                                       "properties": {"content": _IMPORTED_TEXT}}}}},
+            {"type": "object", "title": "Skillbook", "required": ["skills"], "properties": {"skills": _SKILLS}},
+            {"type": "object", "title": "Skillbook (older)", "required": ["bullets"],
+             "properties": {"bullets": _SKILLS}}]}},
+        "text/plain": {"schema": {"type": "string", "minLength": 1}}}}
 
 
 class HealthOut(BaseModel):

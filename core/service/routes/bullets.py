@@ -9,6 +9,7 @@ from sqlmodel import select
 from core import playbook as P
 from core.errors import NotFound
 from core.playbook.ops import BulletMissing, normalize_section
+from core.service.errors import responses
 from core.service.mappers import bullet_out
 from core.service.params import BulletId, PlaybookDep
 from core.service.schemas import (
@@ -25,12 +26,14 @@ from core.storage.db import read_session
 from core.storage.models import Bullet
 
 router = APIRouter(prefix="/playbooks/{playbook_id}/bullets", tags=["Bullets"])
+NOT_FOUND = responses(404, e404="No such bullet, or it was removed")
+BULLET_LOC = ("path", "bullet_id")
 
 
 def live_bullet(pid: str, bid: str) -> Bullet:
     b = P.get_bullet(pid, bid)
     if b is None or b.status != "active":
-        raise NotFound("Bullet not found")
+        raise NotFound("Bullet not found", loc=BULLET_LOC)
     return b
 
 
@@ -44,7 +47,7 @@ def change_bullet(pid: str, bid: Optional[str], op: dict[str, Any]) -> Bullet:
         if bid is None:
             raise
         # removed since the check above: the URL names the bullet, so it is not found (404), not a bad delta
-        raise NotFound("Bullet not found") from None
+        raise NotFound("Bullet not found", loc=BULLET_LOC) from None
     b = P.get_bullet(pid, res.results[0].bullet_id or "")
     assert b is not None
     return b
@@ -78,21 +81,24 @@ def retrieve_bullets(pb: PlaybookDep, body: RetrieveIn) -> RetrieveOut:
                                                              scores=h.scores) for h in hits])
 
 
-@router.get("/{bullet_id}", response_model=BulletEnvelope)
-def get_bullet(pb: PlaybookDep, bullet_id: BulletId) -> BulletEnvelope:
+@router.get("/{bullet_id}", response_model=BulletEnvelope, responses=NOT_FOUND)
+def get_bullet(pb: PlaybookDep, bullet_id: BulletId, include_removed: bool = Query(
+        False, description="also answer for a removed bullet (with `status: removed`)")) -> BulletEnvelope:
+    """The bullet; a removed one (deleted, or merged into another) is 404 unless `include_removed=true`.
+    Removed bullets stay in the playbook's history: any version can bring them back."""
     b = P.get_bullet(pb.id, bullet_id)
-    if b is None:
-        raise NotFound("Bullet not found")
+    if b is None or (b.status != "active" and not include_removed):
+        raise NotFound("Bullet not found", loc=BULLET_LOC)
     return BulletEnvelope(bullet=bullet_out(b))
 
 
-@router.patch("/{bullet_id}/content", response_model=BulletEnvelope)
+@router.patch("/{bullet_id}/content", response_model=BulletEnvelope, responses=NOT_FOUND)
 def update_bullet_content(pb: PlaybookDep, bullet_id: BulletId, body: ContentIn) -> BulletEnvelope:
     return BulletEnvelope(bullet=bullet_out(change_bullet(pb.id, bullet_id, {
         "type": "UPDATE", "bullet_id": bullet_id, "content": body.content})))
 
 
-@router.patch("/{bullet_id}", response_model=BulletEnvelope)
+@router.patch("/{bullet_id}", response_model=BulletEnvelope, responses=NOT_FOUND)
 def edit_bullet(pb: PlaybookDep, bullet_id: BulletId, body: EditBulletIn) -> BulletEnvelope:
     """Change content and/or section (moving a bullet to another section)."""
     b = live_bullet(pb.id, bullet_id)
@@ -103,9 +109,10 @@ def edit_bullet(pb: PlaybookDep, bullet_id: BulletId, body: EditBulletIn) -> Bul
         "section": body.section})))
 
 
-@router.delete("/{bullet_id}", response_model=BulletEnvelope)
+@router.delete("/{bullet_id}", response_model=BulletEnvelope, responses=NOT_FOUND)
 def delete_bullet(pb: PlaybookDep, bullet_id: BulletId) -> BulletEnvelope:
-    """Soft delete: the bullet stays in history and any version can bring it back."""
+    """Soft delete: the bullet stays in history and any version can bring it back; GET answers 404 for it
+    from now on, unless asked with `include_removed=true`."""
     return BulletEnvelope(bullet=bullet_out(change_bullet(pb.id, bullet_id, {
         "type": "REMOVE", "bullet_id": bullet_id})))
 
@@ -121,4 +128,5 @@ def _increment(tag: str) -> Callable[..., BulletEnvelope]:
 
 
 for _tag in ("helpful", "harmful", "neutral"):
-    router.post(f"/{{bullet_id}}/increment_{_tag}", response_model=BulletEnvelope)(_increment(_tag))
+    router.post(f"/{{bullet_id}}/increment_{_tag}", response_model=BulletEnvelope,
+                responses=NOT_FOUND)(_increment(_tag))

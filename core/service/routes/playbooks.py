@@ -7,6 +7,7 @@ from fastapi import APIRouter
 
 from core import playbook as P
 from core.errors import Conflict, NotFound
+from core.service.errors import responses
 from core.service.mappers import playbook_out
 from core.service.params import PlaybookDep
 from core.service.schemas import CreatePlaybookIn, PlaybookEnvelope, PlaybooksEnvelope, UpdatePlaybookIn
@@ -21,7 +22,7 @@ def list_playbooks() -> PlaybooksEnvelope:
     return PlaybooksEnvelope(playbooks=[playbook_out(p) for p in P.list_playbooks()])
 
 
-@router.post("", response_model=PlaybookEnvelope, status_code=201, responses={409: {"description": "id taken"}})
+@router.post("", response_model=PlaybookEnvelope, status_code=201, responses=responses(409, e409="The id is taken"))
 def create_playbook(body: CreatePlaybookIn) -> PlaybookEnvelope:
     pid = body.id or str(uuid.uuid4())
     if body.id and P.get_playbook(pid) is not None:

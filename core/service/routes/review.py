@@ -11,9 +11,11 @@ from sqlmodel import select
 from core import playbook as P
 from core.errors import NotFound
 from core.playbook import portability, versions
+from core.service.errors import responses
 from core.service.mappers import delta_out, playbook_out, state_out
-from core.service.params import DeltaId, PlaybookDep, PlaybookId, VersionNo
+from core.service.params import DeltaId, OpId, PlaybookDep, PlaybookId, VersionNo
 from core.service.schemas import (
+    IMPORT_BODY,
     ChangedOut,
     DecisionsIn,
     DeltaEnvelope,
@@ -35,18 +37,22 @@ from core.storage.db import read_session
 from core.storage.models import Bullet, Delta, DeltaOp, Playbook
 
 router = APIRouter(prefix="/playbooks/{playbook_id}", tags=["Versions and review"])
+NO_VERSION = responses(404, e404="No such version")
+NO_DELTA = responses(404, e404="No such delta in this playbook")
+DECIDED = responses(404, 409, e404="No such delta in this playbook",
+                    e409="The op was already decided, or its bullet changed since it was proposed")
 
 
-def check_version(pb: Playbook, number: int) -> None:
+def check_version(pb: Playbook, number: int, loc: tuple[str, str] = ("path", "number")) -> None:
     if number > pb.current_version:
-        raise NotFound(f"Version not found: playbook {pb.id!r} has versions 0 to {pb.current_version}")
+        raise NotFound(f"Version not found: playbook {pb.id!r} has versions 0 to {pb.current_version}", loc=loc)
 
 
 def load_delta(pid: str, delta_id: str) -> DeltaOut:
     with read_session() as s:
         d = s.get(Delta, delta_id)
         if d is None or d.playbook_id != pid:
-            raise NotFound("Delta not found")
+            raise NotFound("Delta not found", loc=("path", "delta_id"))
         ops = list(s.exec(select(DeltaOp).where(DeltaOp.delta_id == delta_id)))
     return delta_out(d, ops)
 
@@ -66,24 +72,24 @@ def list_versions(pb: PlaybookDep) -> VersionsEnvelope:
                                       for v in versions.list_versions(pb.id)])
 
 
-@router.get("/versions/{number}", response_model=VersionEnvelope)
+@router.get("/versions/{number}", response_model=VersionEnvelope, responses=NO_VERSION)
 def get_version(pb: PlaybookDep, number: VersionNo) -> VersionEnvelope:
     """The version's record and the active bullets as they were then."""
     check_version(pb, number)
     v = versions.get_version(pb.id, number)
     if v is None:
-        raise NotFound("Version not found")
+        raise NotFound("Version not found", loc=("path", "number"))
     return VersionEnvelope(version=VersionOut.model_validate(v, from_attributes=True),
                            bullets=[state_out(st) for st in versions.state_at(pb.id, number)])
 
 
-@router.get("/diff", response_model=DiffEnvelope)
+@router.get("/diff", response_model=DiffEnvelope, responses=NO_VERSION)
 def diff(pb: PlaybookDep, a: int = Query(..., ge=0, le=2**31),
          b: Optional[int] = Query(None, ge=0, le=2**31)) -> DiffEnvelope:
     """What changed from version a to version b (default: the current one)."""
     b = pb.current_version if b is None else b
-    check_version(pb, a)
-    check_version(pb, b)
+    check_version(pb, a, ("query", "a"))
+    check_version(pb, b, ("query", "b"))
     d = versions.diff_versions(pb.id, a, b)
     return DiffEnvelope(diff=DiffOut(playbook_id=pb.id, a=a, b=b, added=[state_out(x) for x in d.added],
                                      removed=[state_out(x) for x in d.removed],
@@ -91,7 +97,7 @@ def diff(pb: PlaybookDep, a: int = Query(..., ge=0, le=2**31),
                                               for x, y in d.changed]))
 
 
-@router.post("/versions/{number}/restore", response_model=RestoreOut)
+@router.post("/versions/{number}/restore", response_model=RestoreOut, responses=NO_VERSION)
 def restore(pb: PlaybookDep, number: VersionNo) -> RestoreOut:
     """Make the playbook look as it did then, as a new version (history is kept)."""
     check_version(pb, number)
@@ -109,8 +115,7 @@ def export(pb: PlaybookDep, format: Literal["json", "markdown"] = "json") -> Res
     return Response(portability.export_json(pb.id), media_type="application/json")
 
 
-@router.post("/import", response_model=ImportOut, openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}}, "text/plain": {"schema": {"type": "string"}}}}})
+@router.post("/import", response_model=ImportOut, openapi_extra={"requestBody": IMPORT_BODY})
 async def import_(playbook_id: PlaybookId, request: Request, replace: bool = False) -> ImportOut:
     """Our JSON export, a kayba skillbook JSON, or an ace-agent text playbook; one version, all or nothing."""
     data = await request.body()
@@ -139,14 +144,16 @@ def list_deltas(pb: PlaybookDep,
 
 @router.post("/deltas", response_model=DeltaEnvelope, status_code=201)
 def create_delta(pb: PlaybookDep, body: NewDeltaIn) -> DeltaEnvelope:
-    """Propose typed operations for review, or apply them at once (all or nothing)."""
+    """Propose typed operations for review, or apply them at once (all or nothing). Either way every bullet
+    an UPDATE, TAG, REMOVE or MERGE names must exist and be active now: otherwise 422 naming the op and the
+    id (`loc`: `["body", "operations", i, "bullet_id"]`), and nothing is stored."""
     if body.mode == "apply":
         res = P.apply_delta(pb.id, body, source="api", actor="api")
         return DeltaEnvelope(delta=load_delta(pb.id, res.delta_id), version=res.version)
     return DeltaEnvelope(delta=load_delta(pb.id, P.propose_delta(pb.id, body, source="api")))
 
 
-@router.get("/deltas/{delta_id}", response_model=DeltaEnvelope)
+@router.get("/deltas/{delta_id}", response_model=DeltaEnvelope, responses=NO_DELTA)
 def get_delta(pb: PlaybookDep, delta_id: DeltaId) -> DeltaEnvelope:
     return DeltaEnvelope(delta=load_delta(pb.id, delta_id))
 
@@ -158,21 +165,20 @@ def decide(pid: str, delta_id: str, decisions: list[P.Decision], actor: str) -> 
     return DeltaEnvelope(delta=load_delta(pid, delta_id), version=res.version)
 
 
-@router.post("/deltas/{delta_id}/decisions", response_model=DeltaEnvelope,
-             responses={409: {"description": "already decided, or the bullet changed since"}})
+@router.post("/deltas/{delta_id}/decisions", response_model=DeltaEnvelope, responses=DECIDED)
 def decide_delta(pb: PlaybookDep, delta_id: DeltaId, body: DecisionsIn) -> DeltaEnvelope:
     """Approve or reject pending ops; the approved ones land together as one version."""
     return decide(pb.id, delta_id, [P.Decision(d.op_id, d.approve, d.note, d.content) for d in body.decisions],
                   body.actor)
 
 
-@router.post("/deltas/{delta_id}/ops/{op_id}/approve", response_model=DeltaEnvelope)
-def approve_op(pb: PlaybookDep, delta_id: DeltaId, op_id: int, body: Optional[OpDecisionIn] = None) -> DeltaEnvelope:
+@router.post("/deltas/{delta_id}/ops/{op_id}/approve", response_model=DeltaEnvelope, responses=DECIDED)
+def approve_op(pb: PlaybookDep, delta_id: DeltaId, op_id: OpId, body: Optional[OpDecisionIn] = None) -> DeltaEnvelope:
     body = body or OpDecisionIn()
     return decide(pb.id, delta_id, [P.Decision(op_id, True, body.note, body.content)], body.actor)
 
 
-@router.post("/deltas/{delta_id}/ops/{op_id}/reject", response_model=DeltaEnvelope)
-def reject_op(pb: PlaybookDep, delta_id: DeltaId, op_id: int, body: Optional[OpDecisionIn] = None) -> DeltaEnvelope:
+@router.post("/deltas/{delta_id}/ops/{op_id}/reject", response_model=DeltaEnvelope, responses=DECIDED)
+def reject_op(pb: PlaybookDep, delta_id: DeltaId, op_id: OpId, body: Optional[OpDecisionIn] = None) -> DeltaEnvelope:
     body = body or OpDecisionIn()
     return decide(pb.id, delta_id, [P.Decision(op_id, False, body.note)], body.actor)
