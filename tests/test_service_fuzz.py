@@ -31,8 +31,7 @@ BOUNDED = settings(max_examples=10, deadline=None, derandomize=True,
 
 @pytest.fixture(autouse=True)
 def seeded(db_url: str) -> None:
-    P.apply_delta("demo", [{"type": "ADD", "content": "Seed bullet about parsing dates"},
-                           {"type": "ADD", "content": "Another bullet on retry budgets"}])
+    _seed()
 
 
 @schema.parametrize()
@@ -41,10 +40,30 @@ def test_every_operation_passes_every_check(case: Any) -> None:
     case.call_and_validate()  # every check the configuration enables, which is all but the one it explains
 
 
-def test_sequences_of_calls_pass_every_check() -> None:
+def _seed() -> None:
+    P.apply_delta("demo", [{"type": "ADD", "content": "Seed bullet about parsing dates"},
+                           {"type": "ADD", "content": "Another bullet on retry budgets"}])
+
+
+def test_sequences_of_calls_pass_every_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stateful: schemathesis chains calls through the links it infers (create a bullet, then read,
-    change or delete it), so use-after-free and resource-availability checks run too."""
-    schema.as_state_machine().run(settings=settings(BOUNDED, max_examples=40, stateful_step_count=8))
+    change or delete it), so use-after-free and resource-availability checks run too. Each scenario
+    starts from its own freshly seeded database, so hypothesis can replay one exactly."""
+    from core import config, retrieval
+    from core.storage import db
+
+    runs = iter(range(1_000_000))
+
+    class FromAFreshDatabase(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            monkeypatch.setenv("ACE_DB_URL", f"sqlite:///{tmp_path / f'scenario-{next(runs)}.db'}")
+            config.reset_settings()
+            db.dispose_engines()
+            retrieval.clear_cache()
+            _seed()
+
+    FromAFreshDatabase.run(settings=settings(BOUNDED, max_examples=40, stateful_step_count=8))
+    db.dispose_engines()
 
 
 TOKEN = "fuzz-token-0123456789"
