@@ -1,9 +1,14 @@
 """Plain helpers shared by the tests (the shared fixtures are in conftest.py)."""
 
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -32,3 +37,69 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ the CLI
+
+ACE = str(Path(sys.executable).with_name("ace"))  # the installed console script
+
+
+@dataclass
+class Ran:
+    """What one `ace` command did."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# ------------------------------------------------------------------ the app
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def open_app(page: Optional[str] = None, **params: str) -> Any:
+    """The app in Streamlit's AppTest with `params` in its URL, switched to `page`; fails on any exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=30)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@contextmanager
+def running_app(env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run app.py` on a free port with `env`; yields its URL, stops it afterwards."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=Path(APP).parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=60, interval=0.3, message="streamlit did not start")
+    except AssertionError as exc:
+        proc.kill()
+        raise RuntimeError(f"{exc}: " + (proc.stdout.read() if proc.stdout else b"").decode()[-2000:]) from None
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

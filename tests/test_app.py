@@ -4,30 +4,20 @@ from pathlib import Path
 
 import pytest
 from sqlmodel import select
-from streamlit.testing.v1 import AppTest
 
 from core import playbook as P
 from core.loop import TaskSpec, run_episode
 from core.storage.db import read_session
 from core.storage.models import Delta, DeltaOp
 from tests.scripted import add, cur, gen, refl
-from tests.support import wait_for
+from tests.support import open_app, wait_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/playground.py", "app_pages/trace.py", "app_pages/reflection.py", "app_pages/playbook.py",
          "app_pages/learning.py", "app_pages/benchmarks.py"]
 
 
-def app(page: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+app = open_app
 
 
 @pytest.fixture()

@@ -9,21 +9,12 @@ import io
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from core.cli import main
-
-ACE = str(Path(sys.executable).with_name("ace"))
-
-
-@dataclass
-class Ran:
-    returncode: int
-    stdout: str
-    stderr: str
+from tests.support import ACE, Ran
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ from core import playbook as P
 from core import views
 from core.storage.db import write_session
 from core.storage.models import Delta, DeltaOp, Episode, Event, LLMCall, Reflection
+from tests.support import open_app
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 # markdown image (would fetch), HTML link, LaTeX, a colour directive and an emoji shortcode: shown literally
@@ -22,15 +23,7 @@ SKIP_REASON = "the Reflector's reply was unusable: truncated at 1024 tokens"
 TEXT_TYPES = {"text", "code"}
 
 
-def app(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+app = open_app
 
 
 def rendered(at: AppTest) -> list[tuple[str, str]]:

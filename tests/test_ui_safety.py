@@ -23,6 +23,7 @@ import pytest
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
+from tests.support import open_app
 from ui import safe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -396,15 +397,7 @@ def assert_no_markup(at: AppTest) -> None:
         assert not re.search(r"<\s*(a|img)\b", node.proto.body, re.I), node.proto.body
 
 
-def _page(page: str, **params: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=30)
-    for k, v in params.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(page)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+_page = open_app
 
 
 def test_hostile_text_on_every_page_is_only_text(db_url) -> None:

@@ -10,10 +10,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import running_app
 
 pytestmark = pytest.mark.e2e
 
@@ -39,29 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             "reasoning='from the e2e seed'))\n")
     delta_id = subprocess.run([sys.executable, "-c", seed], env=env, cwd=ROOT, check=True, capture_output=True,
                               text=True).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, interval=0.3, message="streamlit did not start")
-    except AssertionError as exc:
-        proc.kill()
-        raise RuntimeError(f"{exc}: " + (proc.stdout.read() or b"").decode()[-2000:]) from None
-    yield {"url": url, "db": str(db), "delta": delta_id, "env": env}  # type: ignore[dict-item]
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_app(env) as url:
+        yield {"url": url, "db": str(db), "delta": delta_id, "env": env}  # type: ignore[dict-item]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import free_port, running_app
 
 pytestmark = pytest.mark.e2e
 
@@ -78,29 +78,8 @@ def app(recorder: Recorder, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     seed = f"import json; from tests.test_ui_safety import seed_hostile; print(json.dumps(seed_hostile({base!r})))"
     seeded = json.loads(subprocess.run([sys.executable, "-c", seed], env=env, cwd=ROOT, check=True,
                                        capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/_stcore/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=60, interval=0.3, message="streamlit did not start")
-    except AssertionError as exc:
-        proc.kill()
-        raise RuntimeError(f"{exc}: " + (proc.stdout.read() if proc.stdout else b"").decode()[-2000:]) from None
-    yield {"url": url, "base": base, **seeded}
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_app(env) as url:
+        yield {"url": url, "base": base, **seeded}
 
 
 @pytest.fixture(scope="module")
