@@ -22,16 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import free_port, running_app
+from tests.support import SHOTS, chromium_page, free_port, running_app
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
 SEEN: list[str] = []  # every URL the browser asked for, a second witness beside the recording server
 PIXEL = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c6360"
                       "000002000001e221bc330000000049454e44ae426082")
@@ -84,19 +79,10 @@ def app(recorder: Recorder, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser_page(app: dict[str, Any]) -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(30_000)
+    with chromium_page() as pg:
         SEEN.clear()
         pg.on("request", lambda r: SEEN.append(r.url))
         yield pg
-        browser.close()
 
 
 def settle(page: Any) -> None:
