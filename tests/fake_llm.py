@@ -343,11 +343,13 @@ class FakeLLM:
         return self
 
     def stop(self) -> None:
+        """Stop serving; safe to call twice, from two threads at once (a test's timer and its teardown)."""
         self._stopped.set()  # slow replies in flight give up
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
     # ------------------------------------------------------------ internals
 
