@@ -9,7 +9,6 @@ code pass unchanged, and fast.
 import json
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -105,20 +104,14 @@ def test_statement_parameters_are_scrubbed_only_when_needed() -> None:
     assert scrub_params({"p0": "x\ud800", "p1": 5}) == {"p0": "x\ufffd", "p1": 5}
 
 
-def test_redaction_is_fast(secrets: Any) -> None:
+def test_long_text_is_redacted_and_plain_text_comes_back_untouched(secrets: Any) -> None:
+    """How fast: `bench/bench_redaction.py`."""
     words = "cache retry parse json regex pandas index sort merge async await timeout encode".split()
     plain = " ".join(words[i % len(words)] for i in range(20_000))[:100_000]
     keyed = plain[:50_000] + f" sk-{'k' * 30} Bearer {'b' * 20} {PLAIN_KEY} " + plain[50_000:]
-    for t in (plain, keyed, json.dumps({"out": keyed})):
-        best = min(_timed(lambda t=t: scrub_for_storage(t)) for _ in range(5))
-        assert best < 0.05, f"{best * 1000:.1f} ms for {len(t)} characters"
-    assert PLAIN_KEY not in redact(keyed) and redact(plain) is plain
-
-
-def _timed(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for t in (keyed, json.dumps({"out": keyed})):
+        assert PLAIN_KEY not in scrub_for_storage(t) and "k" * 30 not in scrub_for_storage(t)
+    assert PLAIN_KEY not in redact(keyed) and redact(plain) is plain and scrub_for_storage(plain) is plain
 
 
 # ------------------------------------------------------------------ logs

@@ -9,7 +9,10 @@ checked against the ids in its prompt; the others are invented and dropped.
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Optional, TypeVar
 
+from pydantic import BaseModel
+
 from core.episodes.events import ClaimedIds, LLMFields
+from core.llm.client import LLMResult
 from core.llm.deadline import budget_left
 from core.llm.errors import LLMError, LLMUnavailable, Spent
 from core.playbook.lines import ID_RE
@@ -38,11 +41,11 @@ def unusable_feedback(why: str) -> str:
             "shorter if it was cut off, with the complete code.")
 
 
-R = TypeVar("R")
+T = TypeVar("T", bound=BaseModel)
 
 
-def call_role(payload: dict[str, Any], totals: dict[str, float], call: Callable[[], R],
-              unavailable_ends: bool = True) -> tuple[Optional[R], Optional[LLMError]]:
+def call_role(payload: dict[str, Any], totals: dict[str, float], call: Callable[[], LLMResult[T]],
+              unavailable_ends: bool = True) -> tuple[Optional[LLMResult[T]], Optional[LLMError]]:
     """Make one role call inside a trace step; what it spent counts whether its reply was usable or not.
 
     A reply that cannot be used fills the step's `payload` with why (and the raw reply) and comes back
@@ -57,16 +60,15 @@ def call_role(payload: dict[str, Any], totals: dict[str, float], call: Callable[
         if unavailable_ends and not unusable(exc):
             raise
         return None, exc
-    add_spent(totals, spent_of(out))
+    add_spent(totals, out.spent)
     return out, None
 
 
-def result_fields(out: Any) -> LLMFields:
-    """A usable reply's call record (`out`: an `LLMResult`)."""
+def result_fields(out: LLMResult[Any]) -> LLMFields:
+    """A usable reply's call record."""
     return LLMFields(messages=out.messages, response=out.raw, prompt_tokens=out.prompt_tokens,
                      completion_tokens=out.completion_tokens, latency_ms=out.latency_ms, llm_mode=out.mode,
-                     call_ids=list(out.call_ids), calls=getattr(out, "calls", 1), cost=getattr(out, "cost", 0.0),
-                     finish_reason=getattr(out, "finish_reason", None))
+                     call_ids=list(out.call_ids), calls=out.calls, cost=out.cost, finish_reason=out.finish_reason)
 
 
 def failure_fields(exc: LLMError) -> LLMFields:
@@ -75,15 +77,6 @@ def failure_fields(exc: LLMError) -> LLMFields:
     return LLMFields(response=exc.raw, error=str(exc), error_type=type(exc).__name__, prompt_tokens=s.prompt_tokens,
                      completion_tokens=s.completion_tokens, latency_ms=s.latency_ms, call_ids=list(s.call_ids),
                      calls=s.calls, cost=s.cost)
-
-
-def spent_of(out: Any) -> Spent:
-    """What an `LLMResult` (or anything shaped like one) spent."""
-    spent = getattr(out, "spent", None)
-    if isinstance(spent, Spent):
-        return spent
-    return Spent(out.prompt_tokens, out.completion_tokens, out.latency_ms, getattr(out, "calls", 1),
-                 getattr(out, "cost", 0.0), list(out.call_ids))
 
 
 def add_spent(totals: dict[str, float], spent: Spent) -> None:

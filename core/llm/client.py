@@ -36,7 +36,7 @@ from core.redaction import redact, sanitize
 from core.storage.models import LLMCall
 
 T = TypeVar("T", bound=BaseModel)
-__all__ = ["LLMClient", "LLMError", "LLMNotConfigured", "LLMOutputError", "LLMResult", "LLMTimeout",
+__all__ = ["LLMClient", "role_cap", "LLMError", "LLMNotConfigured", "LLMOutputError", "LLMResult", "LLMTimeout",
            "LLMUnavailable", "Spent", "deferred_call_log", "extract_json", "reset_mode_cache"]
 
 MODES = modes.MODES
@@ -74,9 +74,18 @@ def _openai_client(base_url: Optional[str], api_key: Optional[str]) -> openai.Op
                          max_retries=0)  # retries are ours, so each request is logged and bounded
 
 
+@lru_cache(maxsize=64)
 def _schema_instruction(schema: type[BaseModel]) -> str:
     return ("Reply with only one JSON object, no prose and no code fences, matching this JSON schema:\n"
             + json.dumps(wire_schema(schema)))
+
+
+def role_cap(settings: Settings, role: str) -> int:
+    """The token cap of a role's replies; code writers (generator, optimizer, any other) get the generator's."""
+    s = settings
+    caps = {"reflector": s.max_tokens_reflector, "curator": s.max_tokens_curator,
+            "reviewer": s.max_tokens_reviewer, "expand": s.max_tokens_expand}
+    return caps.get(role, s.max_tokens_generator)
 
 
 @dataclass
@@ -113,10 +122,7 @@ class LLMClient:
 
     def cap_for(self, role: str) -> int:
         """The token cap of a role's replies."""
-        s = self.settings
-        caps = {"reflector": s.max_tokens_reflector, "curator": s.max_tokens_curator,
-                "reviewer": s.max_tokens_reviewer, "expand": s.max_tokens_expand}
-        return caps.get(role, s.max_tokens_generator)
+        return role_cap(self.settings, role)
 
     # ------------------------------------------------------------- structured
 

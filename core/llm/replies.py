@@ -2,6 +2,7 @@
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -17,8 +18,10 @@ def extract_json(text: str) -> Any:
     return json.loads(candidate[start:end + 1])
 
 
+@lru_cache(maxsize=64)
 def wire_schema(schema: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema sent to the server: the model's own tight one when it has it."""
+    """The JSON schema sent to the server: the model's own tight one when it has it (built once per
+    reply shape; every request of a role sends the same one)."""
     own = getattr(schema, "wire_schema", None)
     return own() if callable(own) else schema.model_json_schema()
 

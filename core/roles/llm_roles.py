@@ -12,7 +12,8 @@ from string import Template
 from typing import Any, ClassVar, Optional, TypeVar
 
 from core.config import Settings, get_settings
-from core.llm.client import LLMClient, LLMResult
+from core.llm.client import LLMClient, LLMResult, role_cap
+from core.llm.replies import wire_schema
 from core.playbook.lines import ID_RE
 from core.roles import wire
 from core.roles.budget import Messages, fit, messages_budget
@@ -61,13 +62,10 @@ class LLMRole:
 
     @property
     def max_tokens(self) -> int:
-        s = self.settings
-        return {"generator": s.max_tokens_generator, "optimizer": s.max_tokens_generator,
-                "reflector": s.max_tokens_reflector, "curator": s.max_tokens_curator,
-                "reviewer": s.max_tokens_reviewer}[self.kind]
+        return role_cap(self.settings, self.kind)
 
     def budget(self, schema: type[RoleOutput]) -> int:
-        return messages_budget(self.settings.prompt_max_tokens, schema.wire_schema())
+        return messages_budget(self.settings.prompt_max_tokens, wire_schema(schema))
 
     def ask(self, messages: Messages, schema: type[T], episode_id: Optional[str]) -> LLMResult[T]:
         return self.llm.structured(self.role, messages, schema, episode_id, max_tokens=self.max_tokens)
