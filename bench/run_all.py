@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["playbook", "sandbox", "loop", "unreliable", "redaction", "retrieval", "service", "runner", "ui"]
+ORDER = ["playbook", "sandbox", "loop", "unreliable", "redaction", "retrieval", "service", "runner", "scale", "ui"]
 
 
 def main(names: list[str]) -> int:

@@ -66,7 +66,12 @@ class Settings(BaseSettings):
         "MiniLM (local); `all-mpnet-base-v2` for the larger local model, see below")
     embedder: Literal["none", "endpoint", "local"] = _env(
         "ACE_EMBEDDER", "none", "`none`, `endpoint` (the endpoint's `/v1/embeddings`) or `local`, the bundled MiniLM")
-    db_url: str = _env("ACE_DB_URL", f"sqlite:///{DATA_DIR / 'ace.db'}", "SQLAlchemy URL of the database")
+    db_url: str = _env("ACE_DB_URL", f"sqlite:///{DATA_DIR / 'ace.db'}",
+                       "SQLAlchemy URL of the database: a SQLite file, or `postgresql://user:pw@host/db` for a team")
+    db_pool_size: int = _env(
+        "ACE_DB_POOL_SIZE", 3, "PostgreSQL connections each process keeps open (plus one listening for wake-ups)")
+    db_max_overflow: int = _env(
+        "ACE_DB_MAX_OVERFLOW", 4, "PostgreSQL connections a process may open beyond the pool when busy")
     sandbox_backend: Literal["local", "e2b"] = _env(
         "ACE_SANDBOX", "local", "`local` runs code under bubblewrap here, `e2b` in E2B's cloud and needs `E2B_API_KEY`")
     e2b_api_key: Optional[SecretStr] = _env("E2B_API_KEY", None, "API key for E2B's cloud sandbox")
@@ -127,6 +132,9 @@ class Settings(BaseSettings):
     job_stale_seconds: float = _env(
         "ACE_JOB_STALE_SECONDS", 30.0, "seconds without a heartbeat after which a running job counts as "
         "abandoned: requeued, or failed when out of attempts")
+    suites_dir: Optional[Path] = _env(
+        "ACE_SUITES_DIR", None, "where benchmark suites added by users are kept; unset: beside the SQLite file, "
+        "or `data/user_suites`")
     routing_file: Path = _env(
         "ACE_ROUTING_FILE", DATA_DIR / "routing.json", "JSON routing rules, used when the file exists")
     model_cache: Optional[Path] = _env(

@@ -29,8 +29,8 @@ def run_episode_job(job: Job) -> dict[str, Any]:
 def run_learn_job(job: Job) -> dict[str, Any]:
     p = dict(job.payload)
     if not p.get("episode_id"):  # one episode per learn request, kept across retries
-        p["episode_id"] = learning.create_learn_episode(p["playbook_id"], p.get("user_message") or "",
-                                                        p.get("ground_truth"), job.id).id
+        p["episode_id"] = store.episode_of_job(job.id) or learning.create_learn_episode(
+            p["playbook_id"], p.get("user_message") or "", p.get("ground_truth"), job.id).id
         jobs.update_payload(job.id, p)
     return learning.learn(p["playbook_id"], p.get("user_message") or "", p.get("trajectory") or "",
                           ground_truth=p.get("ground_truth"), evaluation=p.get("evaluation"),

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
     from core.sandbox.local import LocalSandbox
+    from tests.pg_server import ThrowawayPostgres
 
 # Nothing a test does may reach a real model or cloud with real keys.
 for _name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "E2B_API_KEY", "ACE_SERVICE_TOKEN", "ACE_MODEL"):
@@ -54,15 +55,48 @@ def fresh_retrieval() -> Iterator[None]:
     reset()
 
 
+# ------------------------------------------------------------------ the database
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--db", choices=DATABASES, default="sqlite",
+                     help="the database every test's `db_url` uses (tests marked both_dbs run on both "
+                          "unless this is postgresql)")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> "Iterator[ThrowawayPostgres]":
+    """One throwaway PostgreSQL for the session, started on first use; each test gets its own database."""
+    from tests.pg_server import ThrowawayPostgres
+
+    server = ThrowawayPostgres().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def database_of(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", None) or request.config.getoption("--db")
+
+
 @pytest.fixture()
-def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'ace.db'}"
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database at the head revision: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    kind = database_of(request)
+    pg: ThrowawayPostgres | None = request.getfixturevalue("pg_server") if kind == "postgresql" else None
+    url = pg.new_database() if pg is not None else f"sqlite:///{tmp_path / 'ace.db'}"
     monkeypatch.setenv("ACE_DB_URL", url)
+    monkeypatch.setenv("ACE_SUITES_DIR", str(tmp_path / "user_suites"))  # never the checkout's data/
     config.reset_settings()
     db.dispose_engines()
     yield url
     db.dispose_engines()
     config.reset_settings()
+    if pg is not None:
+        pg.drop_database(url)
 
 
 @pytest.fixture()
@@ -123,6 +157,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that takes `sb` runs once per sandbox mode: "fresh" starts a new bubblewrap sandbox
     for each run, "forkserver" forks each run from a long-lived one. A module that is about one mode
     names it: `SANDBOX_MODES = ("forkserver",)`."""
+    if "db_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_dbs"):
+        only_pg = metafunc.config.getoption("--db") == "postgresql"
+        metafunc.parametrize("db_url", ("postgresql",) if only_pg else DATABASES, indirect=True)
     if "sb" in metafunc.fixturenames:
         modes = getattr(metafunc.module, "SANDBOX_MODES", SANDBOX_MODES)
         metafunc.parametrize("sb", modes, indirect=True, scope="module")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
 
@@ -131,3 +133,8 @@ def chromium_page() -> Iterator[Any]:
             yield page
         finally:
             browser.close()
+
+
+# Tests of what exists only on SQLite (its raw DBAPI path, FTS5, PRAGMAs, a full disk) run there even when
+# the suite runs on PostgreSQL (`--db=postgresql`).
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

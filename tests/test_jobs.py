@@ -6,6 +6,8 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from core import jobs
 from core import playbook as P
 from core.loop import TaskSpec, episode_events, submit_episode
@@ -14,6 +16,8 @@ from core.storage.models import Episode
 from tests.fake_llm import Delay
 from tests.scripted import add, cur, gen, refl
 from tests.support import wait_for
+
+pytestmark = pytest.mark.both_dbs  # every test here runs on SQLite and on PostgreSQL
 
 TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"
 GOOD = "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"

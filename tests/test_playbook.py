@@ -10,6 +10,8 @@ from core.playbook.ops import DeltaError
 from core.storage.db import read_session
 from core.storage.models import Delta, DeltaOp
 
+pytestmark = pytest.mark.both_dbs  # every test here runs on SQLite and on PostgreSQL
+
 
 @pytest.fixture()
 def pb(db_url: str) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlmodel import select
 
 from core import playbook as P
@@ -182,7 +182,7 @@ def test_every_write_path_stores_scrubbed_text(secrets: Any) -> None:
 @pytest.mark.parametrize("key", [SHAPED_KEY, PLAIN_KEY])
 def test_a_key_echoed_in_a_401_reaches_no_table_file_log_or_output(
         key: str, fake_llm: Any, settings_env: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> None:
     settings_env(OPENAI_API_KEY=key, ACE_SERVICE_TOKEN=SERVICE_TOKEN, E2B_API_KEY=E2B_KEY, **RUN_ENV)
     caplog.set_level(logging.DEBUG)
     (tmp_path / "tests.py").write_text(TESTS)
@@ -203,20 +203,34 @@ def test_a_key_echoed_in_a_401_reaches_no_table_file_log_or_output(
     assert ep.task == "Write mean(xs); the service token is [redacted]"
 
     logged = caplog.text + "\n".join(logging.Formatter().format(r) for r in caplog.records)
-    db_file = Path(db_url.removeprefix("sqlite:///"))
     for secret in (key, SERVICE_TOKEN, E2B_KEY):
         assert secret not in out and secret not in err, (out, err)
         assert secret not in logged
-        _assert_not_in_files(secret, db_file)
+    if not db_url.startswith("sqlite"):  # every file of the PostgreSQL cluster: tables, indexes, WAL
+        pg = request.getfixturevalue("pg_server")
+        with read_session() as s:
+            s.connection().exec_driver_sql("CHECKPOINT")
+        files = [f for f in (pg.folder / "data").rglob("*") if f.is_file()]
+        for secret in (key, SERVICE_TOKEN, E2B_KEY):
+            _assert_not_in_files(secret, files)
+        return
+    db_file = Path(db_url.removeprefix("sqlite:///"))
+    for secret in (key, SERVICE_TOKEN, E2B_KEY):
+        _assert_not_in_files(secret, _sqlite_files(db_file))
     with sqlite3.connect(db_file) as conn:  # the WAL's pages moved into the database file
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     for secret in (key, SERVICE_TOKEN, E2B_KEY):
-        _assert_not_in_files(secret, db_file)
+        _assert_not_in_files(secret, _sqlite_files(db_file))
 
 
-def _assert_not_in_files(secret: str, db_file: Path) -> None:
+def _sqlite_files(db_file: Path) -> list[Path]:
     files = [f for f in (db_file, db_file.with_name(db_file.name + "-wal")) if f.exists()]
     assert db_file in files
+    return files
+
+
+def _assert_not_in_files(secret: str, files: list[Path]) -> None:
+    assert files
     for f in files:
         data = f.read_bytes()
         for form in {secret.encode(), secret.encode("utf-16-le")}:
@@ -248,8 +262,7 @@ def test_nul_and_lone_surrogates_from_a_model_and_a_program_are_stored_replaced(
     assert "out\ufffdput" in stdout
     assert [b.content for b in P.active_bullets("nul")] == ["Bullet with NUL \ufffd and \ufffd surrogate"], out
     with write_session() as s:  # nothing stored holds a NUL or a lone surrogate, whichever table
-        tables = [r[0] for r in s.connection().exec_driver_sql(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '%fts%'")]
+        tables = [t for t in inspect(s.connection()).get_table_names() if "fts" not in t]
         for t in tables:
             for row in s.connection().exec_driver_sql(f"SELECT * FROM {t}"):
                 for v in row:

@@ -11,6 +11,7 @@ from core.retrieval import lexical as lex  # the `lexical` fixture names a playb
 from core.storage.db import write_session
 from core.storage.models import Episode
 from tests.fake_llm import Status
+from tests.support import SQLITE_ONLY
 
 BULLETS = [
     {"type": "ADD", "section": "pitfalls",
@@ -207,6 +208,7 @@ def test_results_are_detached_bullets_with_every_field(lexical: str) -> None:
     assert b.model_dump()["content"].startswith("Read CSV")
 
 
+@SQLITE_ONLY  # FTS5
 def test_large_cold_playbook_answers_through_fts5_while_the_index_builds(lexical: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lex, "COLD_BUILD_ROWS", 2)

@@ -13,6 +13,7 @@ from core.retrieval import bm25, lexical
 from core.service.app import create_app
 from core.storage.db import read_session, write_session
 from core.storage.models import Bullet, Episode
+from tests.support import SQLITE_ONLY
 
 VOCAB = ("parse cache retry index buffer stream socket thread lock queue vector matrix sort filter csv json "
          "float round empty list dict average mean crash error timeout regex unicode encode decode").split()
@@ -20,7 +21,8 @@ QUERIES = ["sort the csv rows by column", "average of an empty list crashes", "r
            "decode unicode json", "zzz qqq", "parse float and round it", "thread lock queue"]
 
 
-pytestmark = pytest.mark.usefixtures("fresh_retrieval")
+# the event-loop path (no network read) exists only on SQLite
+pytestmark = [pytest.mark.usefixtures("fresh_retrieval"), SQLITE_ONLY]
 
 
 @pytest.fixture()

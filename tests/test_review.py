@@ -3,6 +3,7 @@ real openai client against the fake server."""
 
 from typing import Any
 
+import pytest
 from sqlmodel import select
 
 from core import playbook as P
@@ -11,6 +12,8 @@ from core.loop import TaskSpec, episode_events, run_episode
 from core.storage.db import read_session
 from core.storage.models import Delta, Episode
 from tests.scripted import add, cur, gen, refl, scripted_roles, timed_out, truncated
+
+pytestmark = pytest.mark.both_dbs  # every test here runs on SQLite and on PostgreSQL
 
 TESTS = "assert mean([1, 2, 3]) == 2\nassert mean([]) == 0\n"
 GOOD = "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0\n"

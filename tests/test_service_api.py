@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from core import playbook as P
 from core.playbook import versions as V
 from core.service.app import create_app
+from tests.support import SQLITE_ONLY
 
 PLAYBOOK_KEYS = {"id", "name", "description", "created_at", "modified_at"}
 BULLET_KEYS = {"id", "playbook_id", "content", "metadata", "created_at", "modified_at"}
@@ -308,6 +309,7 @@ def test_unexpected_errors_are_500_without_a_trace(client: TestClient, monkeypat
     assert "Traceback" not in r.text and "secret" not in r.text
 
 
+@SQLITE_ONLY  # fills SQLite's file with PRAGMA max_page_count
 def test_a_full_database_is_503_and_changes_nothing(db_url: str) -> None:
     """A delta the database cannot take (here: the file may not grow) is a retryable 503, not a 500."""
     from sqlalchemy import event

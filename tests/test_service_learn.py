@@ -2,10 +2,13 @@
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from core import jobs
 from tests.fake_llm import FakeLLM
+
+pytestmark = pytest.mark.both_dbs  # every test here runs on SQLite and on PostgreSQL
 
 
 def drain() -> int:

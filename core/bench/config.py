@@ -24,6 +24,9 @@ class BenchConfig(BaseModel):
     price_out: float = Field(default=0.0, ge=0)  # USD per million completion tokens
     train: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)
+    # The run's tasks as they were when it was created (suites other than the packaged HumanEval): a worker on
+    # another host runs them without the suite's file, and a resume runs the same tasks even if the file changed.
+    tasks: list[SuiteTask] = Field(default_factory=list)
 
 
 def parse_split(text: str) -> float:

@@ -240,7 +240,7 @@ def run_bench(run_id: str, *, roles: Optional[Roles] = None, sandbox_factory: Op
     """
     run = get_run(run_id)
     cfg = BenchConfig.model_validate(run.config)
-    stages = _units(cfg, load_suite(cfg.suite))
+    stages = _units(cfg, Suite(cfg.suite, cfg.tasks, "run") if cfg.tasks else load_suite(cfg.suite))
     if roles is None:
         roles = _roles(cfg)
     if sandbox_factory is None:

@@ -29,6 +29,9 @@ def create_run(suite: str, epochs: int = 1, split: float = 0.5, limit: Optional[
     cfg = BenchConfig(suite=s.path if s.source == "file" else s.name, epochs=epochs, split=split, limit=limit,
                       concurrency=concurrency, **options)
     cfg.train, cfg.test = split_tasks(s.tasks, cfg.split, cfg.seed, cfg.limit)
+    if s.source != "package":
+        chosen = set(cfg.train) | set(cfg.test)
+        cfg.tasks = [t for t in s.tasks if t.id in chosen]
     run = BenchRun(suite=s.name, config={})
     if playbook_id is not None:
         from core.playbook import validate_playbook_id

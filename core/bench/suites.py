@@ -59,8 +59,12 @@ class SuiteError(ValueError):
 
 
 def user_dir() -> Path:
-    """User-added suites live beside the SQLite database (or in data/ otherwise)."""
-    url = get_settings().db_url
+    """User-added suites live in ACE_SUITES_DIR, else beside the SQLite database (or in data/ otherwise).
+    They are files of the host that added them; a run keeps its own copy of its tasks."""
+    settings = get_settings()
+    if settings.suites_dir is not None:
+        return settings.suites_dir
+    url = settings.db_url
     if url.startswith("sqlite:///") and not url.endswith(":memory:"):
         return Path(url[len("sqlite:///"):]).parent / "user_suites"
     return DATA_DIR / "user_suites"

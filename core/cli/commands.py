@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="run queued jobs (episodes, learn requests, benchmarks)")
     w.add_argument("--once", action="store_true", help="stop after one job")
-    w.add_argument("--poll", type=seconds, default=0.5, help="seconds between queue checks")
+    w.add_argument("--poll", type=seconds, default=None,
+                   help="seconds between queue checks when idle (default 0.5 on SQLite; 5 on PostgreSQL, "
+                        "where a queued job wakes the worker at once)")
     w.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("serve", help="start the ACE HTTP service")

@@ -69,6 +69,13 @@ def check_cancel(job_id: Optional[str]) -> None:
         raise jobs.Cancelled()
 
 
+def episode_of_job(job_id: str) -> Optional[str]:
+    """The episode a job already created, if any: a worker killed between creating it and saying so in the
+    job's payload leaves one, and the retry must take it over rather than make a second."""
+    with read_session() as s:
+        return s.exec(select(Episode.id).where(Episode.job_id == job_id).order_by(col(Episode.created_at))).first()
+
+
 def learned_delta(ep: Episode) -> Optional[str]:
     """The delta an episode already produced, if any (its row may not say so if a worker died)."""
     if ep.delta_id:
@@ -97,6 +104,8 @@ def mark_interrupted(job: Any) -> None:
         return
     msg = "the worker running this episode stopped (killed?); " + (
         "it will be run again" if job.status == "queued" else "no attempts are left")
+    if job.error and "database" in job.error:  # its worker lives on; the database went away under it
+        msg = job.error
     Trace(episode_id).emit("error", ErrorPayload(step="worker", message=msg))
     update_episode(episode_id, status="queued" if job.status == "queued" else "error",
                     error=None if job.status == "queued" else msg)

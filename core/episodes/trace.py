@@ -79,6 +79,7 @@ class Trace:
         if self.role is not None:
             events = [{**e, "payload": {**e["payload"], "role": self.role}} for e in events]
         with self._lock, row_writer() as w:
+            w.lock(EPISODES, "id", self.episode_id)  # another process may append to this trace (stale recovery)
             seq = int(w.scalar("SELECT coalesce(max(seq), 0) FROM event WHERE episode_id = ?", (self.episode_id,)))
             w.insert(EVENTS, [{"episode_id": self.episode_id, "seq": seq + i, "kind": e["kind"],
                                 "attempt": e.get("attempt"), "payload": e["payload"],

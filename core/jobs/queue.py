@@ -4,20 +4,22 @@ Episodes, learn requests and benchmark runs are jobs, so closing the browser
 does not stop a run and any number of viewers can watch one. A worker beats a
 heartbeat while it runs a job; a job whose heartbeat goes stale (its worker
 was killed) is queued again while it has attempts left, and otherwise marked
-failed with the reason. Claiming happens in one BEGIN IMMEDIATE transaction,
-so two workers never take the same job. (On PostgreSQL this function is the
-place for `FOR UPDATE SKIP LOCKED`.)
+failed with the reason. Two workers never take the same job: claims are
+serialised by SQLite's write lock, or skip each other's locked rows on
+PostgreSQL (`FOR UPDATE SKIP LOCKED`). Heartbeats and staleness use the
+database's clock, so workers on hosts whose clocks differ judge alike.
 """
 
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlmodel import col, select
+from sqlalchemy import update
+from sqlmodel import Session, col, select
 
 from core.config import get_settings
-from core.errors import Conflict
-from core.storage.db import fetch, read_session, row_writer, write_session
+from core.errors import Conflict, Missing
+from core.storage.db import db_clock, read_session, row_writer, write_session
 from core.storage.models import Job, utcnow
 
 
@@ -57,38 +59,42 @@ def list_jobs(kind: Optional[str] = None, limit: int = 100) -> list[Job]:
         return list(s.exec(stmt.order_by(Job.created_at.desc()).limit(limit)))  # type: ignore[attr-defined]
 
 
+def _locked(s: Session, job_id: str) -> Optional[Job]:
+    """The job row, read fresh and held until the transaction ends: two writers (a worker finishing, a
+    person cancelling) take turns instead of one overwriting what the other just wrote."""
+    stmt = select(Job).where(Job.id == job_id).with_for_update()
+    return s.exec(stmt.execution_options(populate_existing=True)).first()
+
+
 def claim(worker_id: str, kinds: Optional[list[str]] = None) -> Optional[Job]:
+    """Take the oldest queued job. On PostgreSQL, `FOR UPDATE SKIP LOCKED`: workers claiming at once each
+    get a different job and never wait on one another; on SQLite the write lock serialises claims."""
     with write_session() as s:
         stmt = select(Job).where(Job.status == "queued")
         if kinds:
-            stmt = stmt.where(Job.kind.in_(kinds))  # type: ignore[attr-defined]
-        job = s.exec(stmt.order_by(col(Job.created_at)).limit(1)).first()
+            stmt = stmt.where(col(Job.kind).in_(kinds))
+        stmt = stmt.order_by(col(Job.created_at)).limit(1).with_for_update(skip_locked=True)
+        job = s.exec(stmt).first()
         if job is None:
             return None
-        now = utcnow()
-        job.status, job.worker_id, job.attempts = "running", worker_id, job.attempts + 1
-        job.started_at, job.heartbeat_at, job.error = now, now, None
-        s.add(job)
+        s.execute(update(Job).where(col(Job.id) == job.id).values(
+            status="running", worker_id=worker_id, attempts=Job.attempts + 1, started_at=db_clock(s),
+            heartbeat_at=db_clock(s), error=None))
+        s.refresh(job)
         return job
 
 
 def update_payload(job_id: str, payload: dict[str, Any]) -> None:
     with write_session() as s:
-        job = s.get(Job, job_id)
-        if job is not None:
-            job.payload = payload
-            s.add(job)
+        s.execute(update(Job).where(col(Job.id) == job_id).values(payload=payload))
 
 
 def heartbeat(job_id: str) -> bool:
-    """Refresh the heartbeat; True when cancellation was requested."""
+    """Refresh the heartbeat (the database's clock); True when cancellation was requested."""
     with write_session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            return True
-        job.heartbeat_at = utcnow()
-        s.add(job)
-        return job.cancel_requested
+        found = s.execute(update(Job).where(col(Job.id) == job_id).values(heartbeat_at=db_clock(s))
+                          .returning(col(Job.cancel_requested))).first()
+        return True if found is None else bool(found[0])
 
 
 def cancel_requested(job_id: Optional[str]) -> bool:
@@ -102,7 +108,9 @@ def cancel_requested(job_id: Optional[str]) -> bool:
 def cancel(job_id: str) -> str:
     """Queued jobs stop at once; running ones at their next step."""
     with write_session() as s:
-        job = fetch(Job, job_id, "job", s)
+        job = _locked(s, job_id)
+        if job is None:
+            raise Missing(f"job {job_id!r} does not exist")
         if job.status == "queued":
             job.status, job.finished_at, job.error = "cancelled", utcnow(), "cancelled before it started"
         elif job.status == "running":
@@ -114,7 +122,9 @@ def cancel(job_id: str) -> str:
 def retry(job_id: str) -> None:
     """Queue a failed job again (a learn request after the model came back)."""
     with write_session() as s:
-        job = fetch(Job, job_id, "job", s)
+        job = _locked(s, job_id)
+        if job is None:
+            raise Missing(f"job {job_id!r} does not exist")
         if job.status not in ("failed", "cancelled"):
             raise NotRetryable(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         job.status, job.error, job.cancel_requested, job.finished_at = "queued", None, False, None
@@ -122,23 +132,31 @@ def retry(job_id: str) -> None:
         s.add(job)
 
 
-def finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, error: Optional[str] = None) -> None:
+def finish(job_id: str, status: str, result: Optional[dict[str, Any]] = None, error: Optional[str] = None,
+           attempt: Optional[int] = None) -> bool:
+    """Record how the job ended; False when it was no longer this run's to end.
+
+    `attempt`: the attempt that is ending (the claimed job's `attempts`). A worker that was judged stale
+    (its job requeued and claimed again elsewhere) but was only slow must not overwrite the new run."""
     with write_session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            return
-        job.status, job.result, job.error, job.finished_at = status, result, error, utcnow()
-        s.add(job)
+        stmt = update(Job).where(col(Job.id) == job_id)
+        if attempt is not None:
+            stmt = stmt.where(col(Job.attempts) == attempt, col(Job.status) == "running")
+        ended = None if status == "queued" else db_clock(s)  # queued again: it has not ended
+        done = s.execute(stmt.values(status=status, result=result, error=error, finished_at=ended))
+        return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def recover_stale(stale_after_s: Optional[float] = None) -> list[str]:
-    """Requeue or fail running jobs whose worker stopped beating."""
+    """Requeue or fail running jobs whose worker stopped beating (judged by the database's clock). Rows
+    another process is recovering (or whose worker is writing) are skipped, not waited for."""
     if stale_after_s is None:
         stale_after_s = get_settings().job_stale_seconds
-    cutoff = utcnow() - timedelta(seconds=stale_after_s)
     touched = []
     with write_session() as s:
-        for job in s.exec(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)):  # type: ignore[operator]
+        cutoff = db_clock(s) - timedelta(seconds=stale_after_s)
+        stmt = select(Job).where(Job.status == "running", col(Job.heartbeat_at) < cutoff)
+        for job in s.exec(stmt.with_for_update(skip_locked=True)):
             if job.cancel_requested:
                 job.status, job.error = "cancelled", "cancelled; its worker stopped"
             elif job.attempts < job.max_attempts:
@@ -150,7 +168,7 @@ def recover_stale(stale_after_s: Optional[float] = None) -> list[str]:
             s.add(job)
             touched.append(job.id)
     for job_id in touched:
-        _on_recovered(job_id)
+        recovered(job_id)
     return touched
 
 
@@ -162,7 +180,8 @@ def on_recovered(hook: Callable[[Job], None]) -> None:
     _recover_hooks.append(hook)
 
 
-def _on_recovered(job_id: str) -> None:
+def recovered(job_id: str) -> None:
+    """Tell the hooks that this job's run was cut short (and whether it runs again: its status)."""
     job = get_job(job_id)
     for hook in _recover_hooks:
         if job is not None:

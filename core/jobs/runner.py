@@ -8,11 +8,16 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, Optional
 
-from core.jobs.queue import Cancelled, claim, finish, heartbeat, recover_stale
+from sqlalchemy.exc import OperationalError
+
+from core.jobs.queue import Cancelled, claim, finish, heartbeat, recover_stale, recovered
+from core.storage import wakeups
+from core.storage.db import get_engine
 from core.storage.models import Job
 
 log = logging.getLogger("ace.jobs")
@@ -53,15 +58,39 @@ def run_one(job: Job) -> None:
     t.start()
     try:
         result = handler(job)
-        finish(job.id, "done", result=result)
+        _finish(job, "done", result=result)
     except Cancelled:
-        finish(job.id, "cancelled", error="cancelled by request")
+        _finish(job, "cancelled", error="cancelled by request")
+    except OperationalError as exc:  # the database went away under the job (a restart): run it again
+        again = job.attempts < job.max_attempts
+        reason = (f"the database connection was lost mid-run ({type(exc.orig).__name__}); "
+                  + ("retrying" if again else "no attempts are left"))
+        log.warning("job %s: %s", job.id, reason)
+        if _finish(job, "queued" if again else "failed", error=reason):
+            recovered(job.id)
     except Exception as exc:
         log.warning("job %s failed: %s", job.id, exc)
-        finish(job.id, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        _finish(job, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         log.debug("%s", traceback.format_exc())
     finally:
         stop.set()
+
+
+def _finish(job: Job, status: str, **outcome: Any) -> bool:
+    """End this run of the job, unless it was judged stale and queued again meanwhile. The database may be
+    restarting just now: try for a while (the job is retried if this run's end is never written)."""
+    for delay in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0):
+        time.sleep(delay)
+        try:
+            if not finish(job.id, status, attempt=job.attempts, **outcome):
+                log.warning("job %s was taken over by another worker; this run's end (%s) is dropped",
+                            job.id, status)
+                return False
+            return True
+        except Exception as exc:
+            log.warning("recording the end of job %s failed (%s); trying again", job.id, type(exc).__name__)
+    log.error("could not record the end of job %s; it will be recovered as stale", job.id)
+    return False
 
 
 def claimable(kinds: Optional[list[str]] = None) -> list[str]:
@@ -78,28 +107,55 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
 
 
-def run_worker(stop: Optional[threading.Event] = None, poll_s: float = 0.5, kinds: Optional[list[str]] = None,
-               max_jobs: Optional[int] = None, stale_after_s: Optional[float] = None) -> int:
-    """Drain the queue until `stop` is set (or `max_jobs` ran); returns jobs run."""
+POLL_S = {"sqlite": 0.5, "postgresql": 5.0}  # with LISTEN/NOTIFY, polling is only the safety net
+STOP_CHECK_S = 0.2  # how soon an idle worker notices `stop`
+
+
+def idle(stop: threading.Event, wake: wakeups.Waiter, seconds: float) -> None:
+    """Wait up to `seconds` for a wake-up (a job was queued) or for `stop`."""
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if left <= 0 or wake.wait(min(left, STOP_CHECK_S)):
+            return
+
+
+def run_worker(stop: Optional[threading.Event] = None, poll_s: Optional[float] = None,
+               kinds: Optional[list[str]] = None, max_jobs: Optional[int] = None,
+               stale_after_s: Optional[float] = None) -> int:
+    """Drain the queue until `stop` is set (or `max_jobs` ran); returns jobs run.
+
+    Idle, it looks at the queue every `poll_s` seconds (default 0.5 on SQLite, 5 on PostgreSQL), and at
+    once when PostgreSQL notifies that a job was queued. A database that is away (restarting) is retried
+    with growing pauses; the worker itself keeps running."""
     kinds = claimable(kinds)
     stop = stop or threading.Event()
     wid = worker_id()
-    done = 0
-    while not stop.is_set():
-        try:
-            recover_stale(stale_after_s)
-            job = claim(wid, kinds)
-        except Exception:
-            log.exception("worker could not reach the queue")
-            stop.wait(poll_s * 4)
-            continue
-        if job is None:
-            stop.wait(poll_s)
-            continue
-        run_one(job)
-        done += 1
-        if max_jobs is not None and done >= max_jobs:
-            break
+    engine = get_engine()
+    poll = poll_s if poll_s is not None else POLL_S.get(engine.dialect.name, 0.5)
+    wake = wakeups.waiter(engine, wakeups.JOBS)
+    done, failures = 0, 0
+    try:
+        while not stop.is_set():
+            wake.clear()  # a job queued from here on wakes the wait below
+            try:
+                recover_stale(stale_after_s)
+                job = claim(wid, kinds)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("worker could not reach the queue (%s: %s)", type(exc).__name__, str(exc)[:200])
+                stop.wait(min(0.25 * 2 ** failures, 5.0))
+                continue
+            if job is None:
+                idle(stop, wake, poll)
+                continue
+            run_one(job)
+            done += 1
+            if max_jobs is not None and done >= max_jobs:
+                break
+    finally:
+        wake.close()
     return done
 
 

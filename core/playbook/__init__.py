@@ -23,6 +23,7 @@ from core.playbook.store import (
     get_or_create_playbook,
     get_playbook,
     list_playbooks,
+    lock_playbook,
     validate_playbook_id,
 )
 from core.retrieval import RankWeights, Retrieved  # what retrieve() takes and returns
@@ -31,6 +32,6 @@ __all__ = [
     "BEGIN_MARK", "END_MARK", "PLAYBOOK_ID_RE", "ApplyResult", "Decision", "DeltaError", "DeltaIn", "OpIn", "OpResult",
     "RankWeights", "Retrieved",
     "active_bullets", "apply_delta", "auto_apply", "bullet_line", "count_bullets", "decide_ops", "embed_prompt",
-    "ensure_playbook", "get_bullet", "get_or_create_playbook", "get_playbook", "list_playbooks", "propose_delta",
-    "render", "retrieve", "similarity", "submit_delta", "validate_playbook_id",
+    "ensure_playbook", "get_bullet", "get_or_create_playbook", "get_playbook", "list_playbooks", "lock_playbook",
+    "propose_delta", "render", "retrieve", "similarity", "submit_delta", "validate_playbook_id",
 ]

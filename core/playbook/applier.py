@@ -240,8 +240,10 @@ def _index_after_commit(session: Session, playbook_id: str, old: int, new: int, 
     """Once this transaction commits, move the in-memory retrieval index to the new version with the
     bullets it wrote (copied now, as stored)."""
     copies = [detached_copy(b) for b in bullets if b.pk is not None]
-    url = str(session.get_bind().url)  # type: ignore[union-attr]
-    event.listen(session, "after_commit", lambda _s: index_committed(url, playbook_id, old, new, copies), once=True)
+    bind = session.get_bind()
+    url = str(bind.url)  # type: ignore[union-attr]  # the index's key (password masked, as everywhere)
+    event.listen(session, "after_commit",
+                 lambda _s: index_committed(url, playbook_id, old, new, copies, bind.dialect), once=True)
 
 
 def summary_of(results: Sequence[OpResult]) -> str:

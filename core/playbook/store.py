@@ -6,7 +6,7 @@ from typing import Optional
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from core.storage.db import read_session, write_session
+from core.storage.db import insert_unless_present, read_session, row_values, write_session
 from core.storage.models import Bullet, Playbook, PlaybookVersion
 
 PLAYBOOK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -22,17 +22,29 @@ def validate_playbook_id(playbook_id: str) -> str:
     return playbook_id
 
 
+def lock_playbook(session: Session, playbook_id: str) -> Optional[Playbook]:
+    """The playbook row, locked until this transaction ends (`SELECT ... FOR UPDATE`), read fresh.
+
+    Every change to a playbook (versions, bullet ids, counters) reads the row and writes it back, so on
+    PostgreSQL two writers must take turns here; on SQLite the transaction already holds the write lock."""
+    stmt = select(Playbook).where(Playbook.id == playbook_id).with_for_update()
+    return session.exec(stmt.execution_options(populate_existing=True)).first()
+
+
 def ensure_playbook(session: Session, playbook_id: str, name: Optional[str] = None,
                     environment: Optional[str] = None, description: str = "") -> Playbook:
-    """The playbook in this session's transaction, created (with its version 0) on first use."""
+    """The playbook in this session's transaction, locked, and created (with its version 0) on first use.
+    Two processes creating the same id at once both end with the one playbook (INSERT ... ON CONFLICT)."""
     validate_playbook_id(playbook_id)
-    pb = session.get(Playbook, playbook_id)
+    pb = lock_playbook(session, playbook_id)
     if pb is None:
-        pb = Playbook(id=playbook_id, name=name or playbook_id, environment=environment or "general",
-                      description=description)
-        session.add(pb)
-        session.add(PlaybookVersion(playbook_id=playbook_id, number=0, summary="created"))
-        session.flush()
+        new = Playbook(id=playbook_id, name=name or playbook_id, environment=environment or "general",
+                       description=description)
+        if insert_unless_present(session.connection(), Playbook.__table__, row_values(new)):  # type: ignore[attr-defined]
+            session.add(PlaybookVersion(playbook_id=playbook_id, number=0, summary="created"))
+            session.flush()
+        pb = lock_playbook(session, playbook_id)
+        assert pb is not None, "inserted above, or by a transaction that committed first"
     return pb
 
 

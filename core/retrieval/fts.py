@@ -1,7 +1,11 @@
-"""Lexical search in SQLite FTS5: the path while a large playbook's in-memory index builds.
+"""Lexical search in the database: SQLite's FTS5, or PostgreSQL's full-text search (a GIN index over
+`to_tsvector('english', content || ' ' || section)`, migration 0004).
 
-Dedup inside a write also asks here (`lexical_candidates`): it must not build or
-refresh the in-memory index from rows its transaction may still roll back.
+FTS5 is the path while a large SQLite playbook's in-memory index builds. Dedup inside
+a write asks here on both databases (`lexical_candidates`): it must not build or
+refresh the in-memory index from rows its transaction may still roll back. The
+database's ranking only picks a few candidates; whether one is a duplicate is decided
+by the same similarity score on both, so both find the same duplicates.
 """
 
 from collections.abc import Sequence
@@ -11,8 +15,15 @@ from sqlalchemy import Connection, text
 from sqlmodel import Session
 
 from core.retrieval.lexical import cached_index
-from core.retrieval.text import COMMON_TERM_SHARE, MAX_RANKED_TERMS, PRUNE_FROM_ROWS, fts_query, query_terms
-from core.storage.db import connection_writer, is_sqlite
+from core.retrieval.text import (
+    COMMON_TERM_SHARE,
+    MAX_RANKED_TERMS,
+    PRUNE_FROM_ROWS,
+    fts_query,
+    query_terms,
+    tsquery_text,
+)
+from core.storage.db import connection_writer, is_postgres, is_sqlite
 
 _FTS_WEIGHTS = "bm25(1.0, 0.3)"  # bullet text counts more than its section name
 _COLS = "b.pk, {rel}, b.helpful, b.harmful, b.neutral, b.source_episode_id"
@@ -24,6 +35,13 @@ _FTS_COUNT = "SELECT count(*) FROM bullet_fts WHERE bullet_fts MATCH :m"
 _FTS_EXACT = (f"SELECT {_COLS.format(rel='-bm25(bullet_fts, 1.0, 0.3)')} FROM bullet_fts "
               "JOIN bullet b ON b.pk = bullet_fts.rowid WHERE bullet_fts MATCH :m AND b.playbook_id = :p "
               "AND b.status = 'active' ORDER BY bm25(bullet_fts, 1.0, 0.3) LIMIT :n")
+
+
+_PG_TSV = "to_tsvector('english', b.content || ' ' || b.section)"  # the expression of ix_bullet_tsv
+_PG_SEARCH = (f"SELECT {_COLS.format(rel=f'ts_rank({_PG_TSV}, q.q)')} "
+              "FROM bullet b, to_tsquery('english', :m) AS q(q) "
+              f"WHERE {_PG_TSV} @@ q.q AND b.playbook_id = :p AND b.status = 'active' "
+              "ORDER BY 2 DESC, b.pk LIMIT :n")
 
 
 _df_cache: dict[tuple[str, str], tuple[int, int]] = {}  # (db, term) -> (documents matching, rows then)
@@ -59,11 +77,15 @@ def _prune_common(conn: Connection, match: str) -> str:
 
 def fts_rows(session: Session, playbook_id: str, query: str, limit: int,
              synonyms: bool = True) -> Sequence[Any]:
-    """(pk, bm25 >= 0, helpful, harmful, neutral, source_episode_id) rows; FTS5 only, empty elsewhere."""
-    match = fts_query(query, synonyms=synonyms)
-    if not match or not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
-        return []
+    """(pk, relevance >= 0, helpful, harmful, neutral, source_episode_id) rows, best first: BM25 from FTS5
+    on SQLite, `ts_rank` on PostgreSQL."""
     conn = session.connection()
+    if is_postgres(conn):
+        terms = tsquery_text(query, synonyms=synonyms)
+        return conn.execute(text(_PG_SEARCH), {"m": terms, "p": playbook_id, "n": limit}).all() if terms else []
+    match = fts_query(query, synonyms=synonyms)
+    if not match or not is_sqlite(conn.engine):
+        return []
     match = _prune_common(conn, match)
     params = {"m": match, "p": playbook_id, "n": limit, "inner": 4 * limit}
     # Fast path: FTS5 ranks inside its own index (ORDER BY rank LIMIT), then rows are kept by playbook;

@@ -37,7 +37,7 @@ from core.retrieval.ranking import (
 from core.retrieval.rows import BULLET_TABLE, bullets_where
 from core.retrieval.text import query_terms, word_cosine
 from core.retrieval.vectors import clear_vectors, dense_scores, vector_index
-from core.storage.db import get_engine, is_sqlite, read_session, run_raw, thread_reader
+from core.storage.db import get_engine, is_sqlite, query_row, query_rows, read_session
 from core.storage.models import Bullet
 
 
@@ -128,14 +128,11 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
     as on the Session path.
     """
     engine = get_engine()
-    if not is_sqlite(engine):
-        return None
     key = (str(engine.url), playbook_id)
     idx = cached_index(key)
     if idx is None:
         return None
-    raw = thread_reader(engine)
-    row = run_raw(raw, _VERSION_RAW, (playbook_id,)).fetchone()
+    row = query_row(_VERSION_RAW, (playbook_id,))
     if row is None or row[0] is None:
         return None
     version = int(row[0])
@@ -153,8 +150,8 @@ def _search_cached(playbook_id: str, q_text: str, k: int, weights: RankWeights,
     if weights.provenance:
         ids = sorted({e for e in cols.episodes if e})
         if ids:
-            tasks = dict(run_raw(raw, f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
-                                 ids).fetchall())
+            tasks = dict(query_rows(f"SELECT id, task FROM episode WHERE id IN ({','.join('?' * len(ids))})",
+                                    ids))
     best = rank_lexical(cols, q_text, tasks, k, weights)
     if not idx.lock.acquire(blocking=False):
         return None
@@ -186,6 +183,8 @@ def search(playbook_id: str, query: str, k: int, weights: RankWeights,
     if k <= 0:
         return []
     strict = _cached_only.get()
+    if strict and not is_sqlite(get_engine()):
+        raise NotCached("on a database server even the cached path reads over the network: not on an event loop")
     if strict and (expand or embedder is not None or get_settings().embedder != "none"):
         raise NotCached("query expansion or an embedder needs a model (and loading one takes time)")
     emb = embedder if embedder is not None else get_embedder()

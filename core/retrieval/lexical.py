@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from core.retrieval.bm25 import BM25Index
 from core.retrieval.rows import BULLET_TABLE
-from core.storage.db import get_engine, is_sqlite, read_session, stored_form
+from core.storage.db import is_sqlite, read_session, stored_form
 from core.storage.models import Bullet
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,14 @@ def _store_lex(key: tuple[str, str], idx: BM25Index) -> None:
 
 
 def index_committed(url: str, playbook_id: str, old_version: int, new_version: int,
-                    bullets: Sequence[Bullet]) -> None:
+                    bullets: Sequence[Bullet], dialect: Any) -> None:
     """Bring this process's index from `old_version` to `new_version` with the bullets a write just
     committed (copies nobody changes), so the next query neither scans the playbook for them nor
     reads them back. Any other state (another writer got there first, no index yet) is left to `_refresh`."""
     idx = cached_index((url, playbook_id))
     if idx is None:
         return
-    stamp = stored_form(BULLET_TABLE.c.updated_at, get_engine(url).dialect)  # as `_refresh` reads it
+    stamp = stored_form(BULLET_TABLE.c.updated_at, dialect)  # as `_refresh` reads it
     rows = [(b.pk, b.status, b.helpful, b.harmful, b.neutral,  # the shape of `_META_SQL`, plus content
              stamp(b.updated_at) if stamp is not None else b.updated_at, b.section, len(b.content),
              b.source_episode_id, b.content) for b in bullets]

@@ -91,6 +91,13 @@ def fts_query(query: str, max_terms: int = 64, synonyms: bool = True) -> str:
     return " OR ".join(f'"{t}"' for t in terms[: max_terms * 3])
 
 
+def tsquery_text(query: str, max_terms: int = 64, synonyms: bool = True) -> str:
+    """The same OR-query for PostgreSQL's `to_tsquery`: plain words joined by `|` (it stems them itself)."""
+    words = fts_query(query, max_terms, synonyms).replace('"', "").split(" OR ")
+    parts = dict.fromkeys(p for w in words for p in _TOKEN.findall(w))
+    return " | ".join(parts)
+
+
 def word_cosine(a: str, b: str) -> float:
     """Word overlap of two texts: the provenance signal when there are no vectors."""
     wa, wb = set(_terms(a)), set(_terms(b))

@@ -1,20 +1,28 @@
-"""Engine and sessions.
+"""Engine and sessions, on SQLite (the default) or PostgreSQL (a team's shared database).
 
 SQLite is opened in WAL mode with a busy timeout and foreign keys on, so the
 app, `ace worker` and the HTTP service can share one file. Writers take the
 write lock up front (`BEGIN IMMEDIATE`) so two writers never interleave a
 read-modify-write on the same playbook; readers never block.
+
+PostgreSQL runs at READ COMMITTED with many writers at once, so every
+read-modify-write locks what it reads: `lock_playbook` (`SELECT ... FOR
+UPDATE` on the playbook row) before a playbook changes, `FOR UPDATE SKIP
+LOCKED` when a worker claims a job, an advisory lock around migrations.
+On SQLite those clauses compile to nothing and `BEGIN IMMEDIATE` does the job,
+so both databases run the same statements.
 """
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
 from sqlalchemy import Connection, Table, event, insert, text, update
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -31,8 +39,32 @@ _write_locks: dict[str, threading.RLock] = {}
 BUSY_TIMEOUT_MS = 30_000
 
 
+# Any constant both sides agree on: the key of the advisory lock that serialises migrations on PostgreSQL.
+MIGRATION_LOCK_KEY = 0x0ACE_0001
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def is_postgres(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def database_url(url: str) -> URL:
+    """The URL to connect with: `postgresql://` and `postgres://` use psycopg 3, the driver we ship."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def shown_url(url: str) -> str:
+    """The database URL as it may be printed or logged: the password masked."""
+    try:
+        return database_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an unreadable database URL)"
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -40,8 +72,8 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
@@ -50,6 +82,19 @@ def _install_sqlite_hooks(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _switch_to_wal(cur: Any) -> None:
+    """WAL mode; on a new file, processes starting together may each try the switch, and SQLite answers
+    one of them "database is locked" at once (no busy wait: it would deadlock). Try again, briefly."""
+    for attempt in range(100):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05 + 0.01 * attempt)
 
 
 def _is_read(statement: str) -> bool:
@@ -61,12 +106,31 @@ def _install_scrub_hook(engine: Engine) -> None:
     database: no secret, NUL or lone surrogate is ever stored (JSON columns arrive here serialized, so
     their strings are covered too). Reads are left alone. The raw write path (`run_raw`) does the same."""
 
+    postgres = engine.dialect.name == "postgresql"
+
     @event.listens_for(engine, "before_cursor_execute", retval=True)
     def _scrub(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
                _executemany: bool) -> tuple[str, Any]:
         if parameters and not _is_read(statement):
+            if postgres:
+                parameters = _scrub_json_objects(parameters)
             parameters = scrub_params(parameters)
         return statement, parameters
+
+
+def _scrub_json_objects(parameters: Any) -> Any:
+    """psycopg receives JSON columns as `Json(obj)` wrappers, not text: scrub the objects they carry."""
+    from psycopg.types.json import Json
+
+    def one(v: Any) -> Any:
+        return Json(scrub_params({"v": v.obj})["v"], dumps=v.dumps) if isinstance(v, Json) else v
+
+    if isinstance(parameters, dict):
+        return {k: one(v) for k, v in parameters.items()}
+    if isinstance(parameters, (list, tuple)):
+        return type(parameters)(_scrub_json_objects(p) if isinstance(p, (dict, list, tuple)) else one(p)
+                                for p in parameters)
+    return parameters
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -75,13 +139,15 @@ def get_engine(url: str | None = None) -> Engine:
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            parsed = make_url(url)
+            parsed = database_url(url)
             kwargs: dict[str, object] = {}
             if parsed.get_backend_name() == "sqlite":
                 if parsed.database and parsed.database != ":memory:":
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
-            engine = create_engine(url, **kwargs)
+            elif parsed.get_backend_name() == "postgresql":
+                kwargs.update(_postgres_options())
+            engine = create_engine(parsed, **kwargs)
             _install_scrub_hook(engine)
             if is_sqlite(engine):
                 _install_sqlite_hooks(engine)
@@ -90,24 +156,60 @@ def get_engine(url: str | None = None) -> Engine:
     return engine
 
 
+def _postgres_options() -> dict[str, object]:
+    """Pool and connection options for PostgreSQL.
+
+    A process holds at most pool + overflow connections, plus one for LISTEN (`core.storage.wakeups`):
+    with the defaults (3 + 4 + 1) eight workers, two services and the app stay within PostgreSQL's default
+    100. `pool_pre_ping` tests a connection before use, so after the server restarts a process reconnects
+    instead of failing its next statement."""
+    s = get_settings()
+    return {
+        "pool_size": s.db_pool_size,
+        "max_overflow": s.db_max_overflow,
+        "pool_pre_ping": True,
+        "pool_timeout": 30,
+        "connect_args": {"application_name": "ace-playground", "connect_timeout": 10},
+    }
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` with Alembic (idempotent)."""
+    """Bring the schema to `revision` with Alembic (idempotent). One process migrates at a time: SQLite's
+    write lock, or a transaction-scoped advisory lock on PostgreSQL; the next process then finds the
+    schema at `revision` and does nothing."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
     bound = engine.execution_options(immediate=True) if is_sqlite(engine) else engine
-    with bound.begin() as conn:  # one process migrates at a time
+    with bound.begin() as conn:
+        if is_postgres(conn):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
 
 def dispose_engines() -> None:
+    from core.storage import wakeups
+
+    wakeups.stop_listeners()
     with _lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def db_clock(conn: Connection | Session) -> Any:
+    """"Now" for a statement's values and comparisons: the database's `now()` on PostgreSQL, so heartbeats
+    written on one host and judged stale on another use one clock; this host's UTC clock on SQLite, which
+    lives on one host."""
+    from sqlalchemy import func
+
+    from core.storage.models import utcnow
+
+    bind = conn.get_bind() if isinstance(conn, Session) else conn
+    return func.now() if bind.dialect.name == "postgresql" else utcnow()
 
 
 Row = TypeVar("Row", bound=SQLModel)
@@ -260,6 +362,12 @@ class RowWriter:
                f"WHERE {' AND '.join(f'{k} = ?' for k in keys)}")
         return int(run_raw(self.conn, sql, (*vals.values(), *keys.values())).rowcount)
 
+    def lock(self, table: Table, key: str, value: Any) -> None:
+        """Hold the row `table.key = value` until this transaction ends (`SELECT ... FOR UPDATE`), for a
+        read-modify-write on PostgreSQL; on SQLite the transaction already holds the write lock."""
+        if self.core is not None and self.dialect.name == "postgresql":
+            self.core.execute(text(f"SELECT 1 FROM {table.name} WHERE {key} = :v FOR UPDATE"), {"v": value})
+
     def _query(self, sql: str, params: Sequence[Any]) -> Any:
         """A cursor (or Core result) for a query written with `?` placeholders."""
         if self.core is not None:
@@ -286,6 +394,23 @@ def _named(sql: str, params: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     for i in range(len(params)):
         sql = sql.replace("?", f":p{i}", 1)
     return text(sql), {f"p{i}": v for i, v in enumerate(params)}
+
+
+def row_values(row: SQLModel) -> dict[str, Any]:
+    """A table object's column values, as an INSERT takes them (an unset primary key left out)."""
+    return _row_values(row)
+
+
+def insert_unless_present(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING: True when this call inserted the row. Two transactions inserting
+    the same key at once both succeed; the second waits for the first and then inserts nothing."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    stmt = dialect_insert(table).values(**values).on_conflict_do_nothing()
+    # rowcount is not reliable here (psycopg reports 1 for a skipped row): ask for the key back instead
+    return conn.execute(stmt.returning(*table.primary_key.columns)).first() is not None
 
 
 def _row_values(row: SQLModel) -> dict[str, Any]:
@@ -318,16 +443,21 @@ def thread_reader(engine: Engine) -> Any:
     return conn
 
 
-def query_row(sql: str, params: Sequence[Any] = (), url: str | None = None) -> Optional[tuple[Any, ...]]:
-    """One row of a read written with `?` placeholders, without a Session: for hot lookups.
+def query_rows(sql: str, params: Sequence[Any] = (), url: str | None = None) -> list[tuple[Any, ...]]:
+    """The rows of a read written with `?` placeholders, without a Session: for hot lookups. On SQLite
+    through this thread's own connection; on PostgreSQL through the pool (a network round trip).
     Values come back as the driver gives them (no column types applied)."""
     engine = get_engine(url)
     if not is_sqlite(engine):
         with engine.connect() as conn:
-            row = conn.execute(*_named(sql, params)).first()
-            return tuple(row) if row is not None else None
-    row = run_raw(thread_reader(engine), sql, tuple(params)).fetchone()
-    return tuple(row) if row is not None else None
+            return [tuple(r) for r in conn.execute(*_named(sql, params)).all()]
+    return [tuple(r) for r in run_raw(thread_reader(engine), sql, tuple(params)).fetchall()]
+
+
+def query_row(sql: str, params: Sequence[Any] = (), url: str | None = None) -> Optional[tuple[Any, ...]]:
+    """The first row of `query_rows`, or None."""
+    rows = query_rows(sql, params, url)
+    return rows[0] if rows else None
 
 
 @contextmanager

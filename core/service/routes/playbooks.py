@@ -41,7 +41,7 @@ def get_playbook(pb: PlaybookDep) -> PlaybookEnvelope:
 def update_playbook_row(pid: str, changes: dict[str, Any]) -> Playbook:
     """Name, description and review mode: playbook settings, not bullets, so no version."""
     with write_session() as s:
-        pb = s.get(Playbook, pid)
+        pb = P.lock_playbook(s, pid)
         if pb is None:
             raise NotFound("Playbook not found")
         for k, v in changes.items():
