@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Optional
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -186,6 +187,14 @@ class Settings(BaseSettings):
         value: Optional[SecretStr] = getattr(self, name)
         return value.get_secret_value() if value is not None else None
 
+    @property
+    def db_password(self) -> Optional[str]:
+        """The password inside ACE_DB_URL (PostgreSQL), a secret like the keys: never shown or stored."""
+        try:
+            return urlsplit(self.db_url).password
+        except ValueError:
+            return None
+
     def public(self) -> dict[str, object]:
         """What may be shown: secrets replaced by whether they are set."""
         out: dict[str, object] = {}
@@ -193,6 +202,8 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name in SECRET_FIELDS:
                 out[name] = "set" if value is not None else "not set"
+            elif name == "db_url" and self.db_password:
+                out[name] = value.replace(f":{self.db_password}@", ":***@", 1)
             else:
                 out[name] = str(value) if isinstance(value, Path) else value
         return out

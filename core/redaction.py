@@ -75,7 +75,7 @@ _state: tuple[Optional[Settings], _Redactor] = (None, _Redactor(()))
 def configured_secrets(settings: Optional[Settings] = None) -> tuple[str, ...]:
     """The values of the configured secrets long enough to redact safely."""
     s = settings or get_settings()
-    values = (s.secret(name) for name in _SECRET_NAMES)
+    values = [s.secret(name) for name in _SECRET_NAMES] + [s.db_password]
     return tuple(sorted({v for v in values if v and len(v) >= MIN_SECRET_CHARS}))
 
 

@@ -627,7 +627,9 @@ def test_adversarial_replies_are_read_quickly_and_fail_only_with_value_errors(na
         except (ValueError, ValidationError):
             pass
         elapsed = time.perf_counter() - started
-        assert elapsed < 1.0, (name, model.__name__, model.reply_language if hasattr(model, "reply_language")
+        # a guard against catastrophic backtracking (minutes at this size), not a speed target: it must hold
+        # on a loaded CI machine, where even linear parsing of 100k characters took 1 s beside other tests
+        assert elapsed < 10.0, (name, model.__name__, model.reply_language if hasattr(model, "reply_language")
                                else None, elapsed)
 
 

@@ -200,8 +200,9 @@ def test_trace_events_from_two_writers_keep_one_sequence(db_url: str) -> None:
 
 
 def _workers(n: int, *args: str) -> list[subprocess.Popen]:
-    return [subprocess.Popen([ACE, "worker", *args], env=dict(os.environ), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True) for _ in range(n)]
+    """`ace worker` processes; their first line says they are ready (the rest of their output is not read)."""
+    return [subprocess.Popen([ACE, "worker", *args], env=dict(os.environ), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True) for _ in range(n)]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -218,6 +219,8 @@ SLOW = "import time\ntime.sleep(0.4)\nprint('ran once')\n"
 def test_two_workers_drain_one_queue_each_job_once(db_url: str) -> None:
     workers = _workers(2, "--poll", "0.1")
     try:
+        for w in workers:  # both ready before the first job, or the first one up might drain them all
+            assert w.stdout is not None and "waiting for jobs" in w.stdout.readline()
         ids = [submit_episode(TaskSpec(task=f"slow {i}", mode="sandbox_only", code=SLOW, playbook_id="q"))
                for i in range(8)]
         wait_for(lambda: all(jobs.get_job(j).status == "done" for _, j in ids), timeout=120,
@@ -346,3 +349,15 @@ def test_nul_from_a_program_is_stored_replaced(db_url: str) -> None:
         outs = [e.payload for e in s.exec(Event.__table__.select().where(  # type: ignore[attr-defined]
             Event.episode_id == res.episode_id, Event.kind == "execute"))]
     assert outs and "a\ufffdb" in str(outs[0]) and "\x00" not in str(outs[0])
+
+
+def test_the_database_password_is_a_secret(settings_env) -> None:  # type: ignore[no-untyped-def]
+    """A team's ACE_DB_URL holds a password: settings show it masked, and redaction treats it as a key."""
+    from core.redaction import redact, scrub_for_storage
+
+    s = settings_env(ACE_DB_URL="postgresql://ace:a-long-database-password-42@db.internal:5432/ace")
+    assert s.public()["db_url"] == "postgresql://ace:***@db.internal:5432/ace"
+    echoed = 'connection to "postgresql://ace:a-long-database-password-42@db.internal" failed'
+    assert "a-long-database-password-42" not in redact(echoed)
+    assert "a-long-database-password-42" not in scrub_for_storage(echoed)
+    assert db.shown_url(s.db_url).endswith("://ace:***@db.internal:5432/ace")  # what `ace worker` prints

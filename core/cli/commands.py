@@ -52,11 +52,13 @@ def cmd_worker(a: argparse.Namespace) -> int:
     import threading
 
     from core import worker
+    from core.config import get_settings
+    from core.storage.db import shown_url
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print("ace worker: waiting for jobs (Ctrl+C to stop)", flush=True)
+    print(f"ace worker: waiting for jobs in {shown_url(get_settings().db_url)} (Ctrl+C to stop)", flush=True)
     try:
         n = worker.run(stop, max_jobs=1 if a.once else None, poll_s=a.poll)
     except KeyboardInterrupt:

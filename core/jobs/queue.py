@@ -62,7 +62,7 @@ def list_jobs(kind: Optional[str] = None, limit: int = 100) -> list[Job]:
 def _locked(s: Session, job_id: str) -> Optional[Job]:
     """The job row, read fresh and held until the transaction ends: two writers (a worker finishing, a
     person cancelling) take turns instead of one overwriting what the other just wrote."""
-    stmt = select(Job).where(Job.id == job_id).with_for_update()
+    stmt = select(Job).where(Job.id == job_id).with_for_update(key_share=True)
     return s.exec(stmt.execution_options(populate_existing=True)).first()
 
 
@@ -89,11 +89,16 @@ def update_payload(job_id: str, payload: dict[str, Any]) -> None:
         s.execute(update(Job).where(col(Job.id) == job_id).values(payload=payload))
 
 
-def heartbeat(job_id: str) -> bool:
-    """Refresh the heartbeat (the database's clock); True when cancellation was requested."""
+def heartbeat(job_id: str, attempt: Optional[int] = None) -> bool:
+    """Refresh the heartbeat (the database's clock); True when cancellation was requested.
+
+    `attempt`: the run that beats. A worker judged stale whose job another worker took over must not keep
+    that run's heartbeat fresh (nobody would notice the new worker die): its beat changes nothing."""
     with write_session() as s:
-        found = s.execute(update(Job).where(col(Job.id) == job_id).values(heartbeat_at=db_clock(s))
-                          .returning(col(Job.cancel_requested))).first()
+        stmt = update(Job).where(col(Job.id) == job_id)
+        if attempt is not None:
+            stmt = stmt.where(col(Job.attempts) == attempt, col(Job.status) == "running")
+        found = s.execute(stmt.values(heartbeat_at=db_clock(s)).returning(col(Job.cancel_requested))).first()
         return True if found is None else bool(found[0])
 
 

@@ -50,7 +50,7 @@ def run_one(job: Job) -> None:
     def beat() -> None:
         while not stop.wait(HEARTBEAT_S):
             try:
-                heartbeat(job.id)
+                heartbeat(job.id, job.attempts)
             except Exception:  # a locked DB for a moment must not kill the beat
                 log.exception("heartbeat failed")
 
@@ -61,19 +61,37 @@ def run_one(job: Job) -> None:
         _finish(job, "done", result=result)
     except Cancelled:
         _finish(job, "cancelled", error="cancelled by request")
-    except OperationalError as exc:  # the database went away under the job (a restart): run it again
-        again = job.attempts < job.max_attempts
+    except OperationalError as exc:
+        if not _connection_lost(exc):
+            log.warning("job %s failed: %s", job.id, exc)
+            _finish(job, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+            return
+        again = job.attempts < job.max_attempts  # the database went away under the job (a restart)
         reason = (f"the database connection was lost mid-run ({type(exc.orig).__name__}); "
                   + ("retrying" if again else "no attempts are left"))
         log.warning("job %s: %s", job.id, reason)
         if _finish(job, "queued" if again else "failed", error=reason):
-            recovered(job.id)
+            try:
+                recovered(job.id)
+            except Exception as hook_exc:  # the database may still be flapping: the job is queued anyway
+                log.warning("job %s: telling its episode failed (%s)", job.id, type(hook_exc).__name__)
     except Exception as exc:
         log.warning("job %s failed: %s", job.id, exc)
         _finish(job, "failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         log.debug("%s", traceback.format_exc())
     finally:
         stop.set()
+
+
+def _connection_lost(exc: OperationalError) -> bool:
+    """A dropped or refused connection (the server restarting), not an error in the statement."""
+    if exc.connection_invalidated:
+        return True
+    try:
+        import psycopg
+    except ImportError:  # SQLite only: its OperationalErrors are about the file, not a connection
+        return False
+    return isinstance(exc.orig, psycopg.OperationalError) and not isinstance(exc.orig, psycopg.errors.QueryCanceled)
 
 
 def _finish(job: Job, status: str, **outcome: Any) -> bool:

@@ -27,7 +27,8 @@ def lock_playbook(session: Session, playbook_id: str) -> Optional[Playbook]:
 
     Every change to a playbook (versions, bullet ids, counters) reads the row and writes it back, so on
     PostgreSQL two writers must take turns here; on SQLite the transaction already holds the write lock."""
-    stmt = select(Playbook).where(Playbook.id == playbook_id).with_for_update()
+    # key_share: FOR NO KEY UPDATE, so episodes and other rows that refer to the playbook can still be added
+    stmt = select(Playbook).where(Playbook.id == playbook_id).with_for_update(key_share=True)
     return session.exec(stmt.execution_options(populate_existing=True)).first()
 
 

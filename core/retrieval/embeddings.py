@@ -23,8 +23,8 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from core.config import Settings, get_settings
-from core.storage.db import read_session, write_session
-from core.storage.models import BulletEmbedding, utcnow
+from core.storage.db import connection_writer, read_session, write_session
+from core.storage.models import BulletEmbedding, Playbook, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +367,9 @@ def _store(rows: list[tuple[int, str, str, Optional[str]]], emb: Embedder) -> in
     now = utcnow()
     with write_session() as s:
         conn = s.connection()
+        w = connection_writer(conn)
+        for pb in sorted({r[1] for r in rows}):  # two processes embedding one bullet take turns (sorted: no deadlock)
+            w.lock(Playbook.__table__, "id", pb)  # type: ignore[attr-defined]
         for (pk, _, _, _), _v in zip(rows, vecs):
             conn.execute(text("DELETE FROM bulletembedding WHERE bullet_pk = :pk AND model = :m"),
                          {"pk": pk, "m": emb.name})

@@ -363,10 +363,11 @@ class RowWriter:
         return int(run_raw(self.conn, sql, (*vals.values(), *keys.values())).rowcount)
 
     def lock(self, table: Table, key: str, value: Any) -> None:
-        """Hold the row `table.key = value` until this transaction ends (`SELECT ... FOR UPDATE`), for a
+        """Hold the row `table.key = value` until this transaction ends (`SELECT ... FOR NO KEY UPDATE`), for a
         read-modify-write on PostgreSQL; on SQLite the transaction already holds the write lock."""
         if self.core is not None and self.dialect.name == "postgresql":
-            self.core.execute(text(f"SELECT 1 FROM {table.name} WHERE {key} = :v FOR UPDATE"), {"v": value})
+            # NO KEY UPDATE: rows that refer to this one (foreign keys take KEY SHARE) can still be inserted
+            self.core.execute(text(f"SELECT 1 FROM {table.name} WHERE {key} = :v FOR NO KEY UPDATE"), {"v": value})
 
     def _query(self, sql: str, params: Sequence[Any]) -> Any:
         """A cursor (or Core result) for a query written with `?` placeholders."""

@@ -1,8 +1,9 @@
 """Wake-ups from the database: PostgreSQL's LISTEN/NOTIFY, one listening connection per process.
 
 Triggers (migration 0004) notify `ace_jobs` when a job becomes queued and `ace_cancel` (with the job id)
-when someone asks to cancel a running job. A worker idles on a `Waiter` instead of polling the queue, so a
-queued episode starts at once on an idle worker on any host. SQLite has no such channel: there a waiter
+when someone asks to cancel a running job (for a running job to wait on, next to its deadlines). A worker
+idles on a `Waiter` instead of polling the queue, so a queued episode starts at once on an idle worker on
+any host. SQLite has no such channel: there a waiter
 only times out, and callers poll as before.
 
 After the connection drops (the server restarted) the listener reconnects and wakes every waiter once:
@@ -34,7 +35,8 @@ class Waiter:
     def wait(self, timeout: float) -> bool:
         """Block until notified or `timeout` passes; True when notified. The wake-up is consumed."""
         woke = self.event.wait(timeout)
-        self.event.clear()
+        if woke:  # after a timeout, leave a wake-up that lands just now for the next wait
+            self.event.clear()
         return woke
 
     def clear(self) -> None:

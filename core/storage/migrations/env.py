@@ -17,8 +17,9 @@ def run() -> None:
             context.run_migrations()
         return
     from core.config import get_settings
+    from core.storage.db import database_url
 
-    engine = create_engine(context.config.get_main_option("sqlalchemy.url") or get_settings().db_url)
+    engine = create_engine(database_url(context.config.get_main_option("sqlalchemy.url") or get_settings().db_url))
     with engine.begin() as conn:
         context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
