@@ -9,6 +9,7 @@ from core.episodes.learning import create_learn_episode, learn, reflect_and_cura
 from core.episodes.loop import run_episode
 from core.episodes.spec import EpisodeResult, Roles, TaskSpec
 from core.episodes.store import (
+    cancel_episode,
     create_episode,
     episode_events,
     learned_delta,
@@ -19,6 +20,6 @@ from core.episodes.store import (
 from core.episodes.trace import Trace
 from core.playbook.lines import marked_bullet_ids as extract_bullet_ids
 
-__all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "Trace", "TraceEvent", "create_episode",
+__all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "Trace", "TraceEvent", "cancel_episode", "create_episode",
            "create_learn_episode", "episode_events", "extract_bullet_ids", "learn", "learned_delta",
            "mark_interrupted", "new_episode", "reflect_and_curate", "run_episode", "submit_episode"]

@@ -1,5 +1,6 @@
 """Plain helpers shared by the tests (the shared fixtures are in conftest.py)."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -138,3 +139,36 @@ def chromium_page() -> Iterator[Any]:
 # Tests of what exists only on SQLite (its raw DBAPI path, FTS5, PRAGMAs, a full disk) run there even when
 # the suite runs on PostgreSQL (`--db=postgresql`).
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+# ------------------------------------------------------------------ sandbox processes
+
+
+def sandbox_processes() -> set[int]:
+    """Processes running as one of the sandbox's host uids (as root every sandbox gets one)."""
+    from core.sandbox.isolation import HOST_UID_BASE, HOST_UID_COUNT
+
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        uid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")), -1)
+        if HOST_UID_BASE <= uid < HOST_UID_BASE + HOST_UID_COUNT:
+            found.add(int(entry))
+    return found
+
+
+def spinning(pids: set[int]) -> set[int]:
+    """Those of `pids` on a CPU or ready for one (state R): the busy-looping program, not an idle server."""
+    out = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "R":
+                out.add(pid)
+        except (OSError, IndexError):
+            pass
+    return out

@@ -10,7 +10,7 @@ from typing import Any, Optional, cast
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import jobs, views
+from core import loop, views
 from core.config import get_settings
 from core.episodes.events import (
     ApplyPayload,
@@ -21,6 +21,7 @@ from core.episodes.events import (
     ReflectPayload,
     RoutePayload,
 )
+from core.errors import plain_message
 from core.playbook.lines import BEGIN_MARK, END_MARK, line_id
 from core.storage.models import Event
 from ui import outcome, safe
@@ -38,7 +39,7 @@ def friendly_errors(what: str) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - the page must keep working
-        safe.error(f"Could not {what}: {exc}")
+        safe.error(f"Could not {what}: {plain_message(exc)}")
         with st.expander("Details"):
             st.code(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exception_only(exc)[-1]}", language="text")
 
@@ -318,9 +319,13 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
         c[3].metric("sandbox time", safe.label(fmt_ms(ep.sandbox_ms)))
     if ep.status in ("queued", "running") and ep.job_id:
         if st.button("Cancel this episode", key=f"cancel-{ep.id}"):
-            jobs.cancel(ep.job_id)
+            status = call(loop.cancel_episode, ep.id)  # waits (briefly) for the episode to end
+            if status is not None and status not in ("queued", "running"):
+                st.rerun()  # show what is true now: the episode's end, not "running"
             safe.toast("Cancellation requested")
-    if ep.error:
+    if ep.status == "cancelled":
+        safe.warning("Cancelled before it finished: nothing was learned from it.")
+    elif ep.error:
         safe.error("The episode ended with an error")
         safe.code(ep.error)
     evs = views.events(ep.id)
@@ -382,7 +387,7 @@ def call(fn: Callable[..., Any], *args: Any, success: str = "", **kwargs: Any) -
     try:
         out = fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001
-        safe.error(str(exc))
+        safe.error(plain_message(exc))
         return None
     if success:
         safe.toast(success)

@@ -14,6 +14,7 @@ without learning twice from one (see `_run_unit`). Tasks run concurrently
 on a thread pool, one sandbox per thread (so one E2B sandbox per thread).
 """
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from core.bench.runs import get_run, set_run
 from core.bench.suites import Suite, SuiteError, SuiteTask, load_suite
 from core.episodes.spec import Roles, TaskSpec
 from core.episodes.store import learned_delta, new_episode
+from core.interrupts import Interrupted
 from core.loop import run_episode
 from core.storage.db import query_row, read_session, row_writer
 from core.storage.models import BenchResult, BenchRun, Episode, Job, LLMCall, utcnow
@@ -213,7 +215,7 @@ def _run_unit(ctx: _Ctx, u: Unit) -> Optional[dict[str, Any]]:
     try:
         run_episode(spec, episode_id=ep.id, episode=ep if fresh else None, roles=ctx.roles, sandbox=ctx.sandbox(),
                     job_id=ctx.job_id)
-    except jobs.Cancelled:
+    except Interrupted:  # cancelled: between steps, or inside a model call or a program
         ctx.cancelled = True
         ctx.stop.set()
         return None
@@ -260,7 +262,8 @@ def run_bench(run_id: str, *, roles: Optional[Roles] = None, sandbox_factory: Op
             todo = [u for u in stage if u.key not in done]
             ctx.emit({"event": "stage", "stage": n, "stages": len(stages), "units": len(stage), "todo": len(todo),
                       "arms": sorted({(u.arm, u.phase, u.epoch) for u in stage}), "done": ctx.done, "total": ctx.total})
-            futures: set[Future[Any]] = {pool.submit(_run_unit, ctx, u) for u in todo}
+            # each task in a copy of this context: a cancel interrupts its model call or program too
+            futures: set[Future[Any]] = {pool.submit(contextvars.copy_context().run, _run_unit, ctx, u) for u in todo}
             while futures:
                 finished, futures = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
                 for f in finished:

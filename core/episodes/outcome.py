@@ -9,7 +9,8 @@ from core.episodes.events import ErrorPayload
 from core.episodes.spec import EpisodeResult
 from core.episodes.store import update_episode
 from core.episodes.trace import StepError, Trace
-from core.jobs import Cancelled
+from core.interrupts import Interrupted
+from core.jobs import TAKEN_OVER
 from core.storage.models import utcnow
 
 
@@ -45,7 +46,9 @@ def recorded_ending(trace: Trace, result: EpisodeResult, progress: Progress) -> 
     episode with status `error`): an episode never raises for the task's faults."""
     try:
         yield
-    except Cancelled:
+    except Interrupted as exc:
+        if exc.reason == TAKEN_OVER:  # another worker runs this episode now: its record is theirs to write
+            raise
         trace.emit("error", ErrorPayload(step=progress.step, message="cancelled by request"))
         result.status, result.error, result.attempts = "cancelled", "cancelled by request", progress.attempts
         update_episode(result.episode_id, status="cancelled", error=result.error, finished_at=utcnow(),

@@ -1,5 +1,6 @@
 """Episode rows: created before an episode runs (so a queued one can be watched), updated as it ends."""
 
+import time
 from typing import Any, Optional
 
 from sqlmodel import col, select
@@ -61,6 +62,19 @@ def submit_episode(spec: TaskSpec) -> tuple[str, str]:
     with row_writer() as w:
         w.add([job, ep])
     return ep.id, job.id
+
+
+def cancel_episode(episode_id: str, wait_s: float = 2.0) -> str:
+    """Cancel the episode's job and wait (at most `wait_s`) until the episode has ended, so the caller can
+    show the outcome at once instead of a "running" that is no longer true. Returns the episode's status."""
+    ep = load_episode(episode_id)
+    if ep.job_id and ep.status in ("queued", "running"):
+        jobs.cancel(ep.job_id)
+        deadline = time.monotonic() + wait_s
+        while ep.status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ep = load_episode(episode_id)
+    return ep.status
 
 
 def check_cancel(job_id: Optional[str]) -> None:

@@ -19,7 +19,7 @@ from core.episodes.events import (
     StreamName,
     TraceEvent,
 )
-from core.jobs import Cancelled
+from core.interrupts import Interrupted
 from core.llm.client import deferred_call_log
 from core.sandbox.evaluate import MARKER, Verdict
 from core.storage.db import row_writer
@@ -39,7 +39,7 @@ def step_name(step: str) -> Iterator[None]:
     """Name the step a failure inside the block belongs to (the error event says where it happened)."""
     try:
         yield
-    except (Cancelled, StepError):
+    except (Interrupted, StepError):
         raise
     except Exception as exc:
         raise StepError(step, exc) from exc

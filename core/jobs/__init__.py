@@ -5,6 +5,7 @@ job kind before they start a worker.
 """
 
 from core.jobs.queue import (
+    TAKEN_OVER,
     Cancelled,
     cancel,
     cancel_requested,
@@ -35,7 +36,8 @@ from core.jobs.runner import (
 )
 
 __all__ = [
-    "HEARTBEAT_S", "Cancelled", "Handler", "NoHandlers", "cancel", "cancel_requested", "claim", "claimable", "enqueue",
+    "HEARTBEAT_S", "TAKEN_OVER", "Cancelled", "Handler", "NoHandlers", "cancel", "cancel_requested", "claim",
+    "claimable", "enqueue",
     "ensure_background_worker", "finish", "get_job", "heartbeat", "list_jobs", "new_job", "on_recovered",
     "recover_stale", "register", "registered_kinds", "retry", "run_one", "run_worker", "stop_background_worker",
     "update_payload", "worker_id",

@@ -10,7 +10,9 @@ PostgreSQL (`FOR UPDATE SKIP LOCKED`). Heartbeats and staleness use the
 database's clock, so workers on hosts whose clocks differ judge alike.
 """
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Optional
 
@@ -19,12 +21,14 @@ from sqlmodel import Session, col, select
 
 from core.config import get_settings
 from core.errors import Conflict, Missing
+from core.interrupts import Interrupt, Interrupted
 from core.storage.db import db_clock, read_session, row_writer, write_session
 from core.storage.models import Job, utcnow
 
 
-class Cancelled(Exception):
-    """Raised inside a job when someone asked to cancel it."""
+class Cancelled(Interrupted):
+    """Raised inside a job when someone asked to cancel it (between steps; an `Interrupted` from inside a
+    step, a model call or a program, means the same)."""
 
 
 class NotRetryable(Conflict, ValueError):
@@ -89,17 +93,36 @@ def update_payload(job_id: str, payload: dict[str, Any]) -> None:
         s.execute(update(Job).where(col(Job.id) == job_id).values(payload=payload))
 
 
-def heartbeat(job_id: str, attempt: Optional[int] = None) -> bool:
-    """Refresh the heartbeat (the database's clock); True when cancellation was requested.
+def heartbeat(job_id: str, attempt: Optional[int] = None) -> Optional[bool]:
+    """Refresh the heartbeat (the database's clock); True when cancellation was requested, None when the run
+    is no longer this worker's.
 
     `attempt`: the run that beats. A worker judged stale whose job another worker took over must not keep
-    that run's heartbeat fresh (nobody would notice the new worker die): its beat changes nothing."""
+    that run's heartbeat fresh (nobody would notice the new worker die): its beat changes nothing, and it
+    learns that it should stop."""
     with write_session() as s:
         stmt = update(Job).where(col(Job.id) == job_id)
         if attempt is not None:
             stmt = stmt.where(col(Job.attempts) == attempt, col(Job.status) == "running")
         found = s.execute(stmt.values(heartbeat_at=db_clock(s)).returning(col(Job.cancel_requested))).first()
-        return True if found is None else bool(found[0])
+        return None if found is None else bool(found[0])
+
+
+TAKEN_OVER = "another worker took this job over (this one was judged stale)"
+_running: dict[str, Interrupt] = {}  # job id -> its interrupt, for the jobs this process runs
+_running_lock = threading.Lock()
+
+
+@contextmanager
+def running(job_id: str, interrupt: Interrupt) -> Iterator[None]:
+    """Register the job as run here, so a cancel asked in this process interrupts it at once."""
+    with _running_lock:
+        _running[job_id] = interrupt
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running.pop(job_id, None)
 
 
 def cancel_requested(job_id: Optional[str]) -> bool:
@@ -111,7 +134,8 @@ def cancel_requested(job_id: Optional[str]) -> bool:
 
 
 def cancel(job_id: str) -> str:
-    """Queued jobs stop at once; running ones at their next step."""
+    """Queued jobs stop at once; running ones within a second, whatever they are doing: in this process
+    through its interrupt, elsewhere through NOTIFY (PostgreSQL) or the job's own reads (SQLite)."""
     with write_session() as s:
         job = _locked(s, job_id)
         if job is None:
@@ -121,7 +145,12 @@ def cancel(job_id: str) -> str:
         elif job.status == "running":
             job.cancel_requested = True
         s.add(job)
-        return job.status
+        status = job.status
+    with _running_lock:
+        here = _running.get(job_id)
+    if here is not None and status == "running":
+        here.set()  # run by this process: stop it now (others hear of it by NOTIFY or their own reads)
+    return status
 
 
 def retry(job_id: str) -> None:

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 from sqlalchemy.exc import OperationalError
 
-from core.jobs.queue import Cancelled, claim, finish, heartbeat, recover_stale, recovered
+from core.interrupts import Interrupt, Interrupted, interruptible
+from core.jobs.queue import TAKEN_OVER, cancel_requested, claim, finish, heartbeat, recover_stale, recovered, running
 from core.storage import wakeups
 from core.storage.db import get_engine
 from core.storage.models import Job
@@ -46,21 +47,19 @@ def run_one(job: Job) -> None:
         finish(job.id, "failed", error=f"no handler for job kind {job.kind!r}")
         return
     stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                heartbeat(job.id, job.attempts)
-            except Exception:  # a locked DB for a moment must not kill the beat
-                log.exception("heartbeat failed")
-
-    t = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-    t.start()
+    interrupt = Interrupt()
+    watchers = [threading.Thread(target=_beat, args=(job, interrupt, stop), name=f"heartbeat-{job.id}", daemon=True),
+                threading.Thread(target=_watch_cancel, args=(job, interrupt, stop), name=f"cancel-{job.id}",
+                                 daemon=True)]
+    for t in watchers:
+        t.start()
     try:
-        result = handler(job)
+        with running(job.id, interrupt), interruptible(interrupt):
+            result = handler(job)
         _finish(job, "done", result=result)
-    except Cancelled:
-        _finish(job, "cancelled", error="cancelled by request")
+    except Interrupted as exc:
+        if exc.reason != TAKEN_OVER:  # a run another worker took over is not this one's to end
+            _finish(job, "cancelled", error="cancelled by request")
     except OperationalError as exc:
         if not _connection_lost(exc):
             log.warning("job %s failed: %s", job.id, exc)
@@ -81,6 +80,43 @@ def run_one(job: Job) -> None:
         log.debug("%s", traceback.format_exc())
     finally:
         stop.set()
+
+
+CANCEL_CHECK_S = 0.25  # a cancel stops the job within this (plus the step's own wind-down)
+
+
+def _beat(job: Job, interrupt: Interrupt, stop: threading.Event) -> None:
+    """Beat the heartbeat; a cancel asked on any host stops the job at the latest here."""
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            state = heartbeat(job.id, job.attempts)
+        except Exception:  # a locked DB for a moment must not kill the beat
+            log.exception("heartbeat failed")
+            continue
+        if state is None:  # judged stale and taken over elsewhere: stop this duplicate run
+            interrupt.set(TAKEN_OVER)
+        elif state:
+            interrupt.set()
+
+
+def _watch_cancel(job: Job, interrupt: Interrupt, stop: threading.Event) -> None:
+    """Learn of a cancel within a second: PostgreSQL notifies this job's id; SQLite, on this host by nature,
+    is read a few times a second (a local read of one row)."""
+    engine = get_engine()
+    waiter = wakeups.waiter(engine, wakeups.CANCEL, job.id)
+    notified = engine.dialect.name == "postgresql"
+    try:
+        while not stop.is_set() and not interrupt.is_set():
+            woke = waiter.wait(CANCEL_CHECK_S if not notified else HEARTBEAT_S)
+            if stop.is_set() or not (woke or not notified):
+                continue
+            try:
+                if cancel_requested(job.id):
+                    interrupt.set()
+            except Exception:  # the heartbeat looks again
+                pass
+    finally:
+        waiter.close()
 
 
 def _connection_lost(exc: OperationalError) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Generic, Optional, TypeVar
 import openai
 from pydantic import BaseModel, ValidationError
 
+from core import interrupts
 from core.config import Settings, get_settings
 from core.llm import modes
 from core.llm.calllog import deferred_call_log, log_call
@@ -238,7 +239,7 @@ class LLMClient:
         if time.monotonic() + wait >= call.deadline:
             raise LLMTimeout(f"{call.role}: the model server asked to wait {wait:.1f} s, past the call's "
                              f"{call.seconds:.0f} s deadline; last error: {why}", spent=call.spent)
-        time.sleep(wait)
+        interrupts.sleep(wait)  # a cancel cuts the backoff short
         return retry
 
     # ---------------------------------------------------------------- logging

@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import openai
 
+from core.interrupts import Interrupted, wait_until
+
 CONNECT_S = 10.0  # a server that has not accepted the connection by then is not there
 
 
@@ -52,12 +54,17 @@ def post_chat(client: openai.OpenAI, kwargs: dict[str, Any], deadline: float) ->
     worker = threading.Thread(target=_send, args=(client, kwargs, left, deadline, held, done),
                               name="llm-request", daemon=True)
     worker.start()
+    ready = threading.Event()
+    done.add_done_callback(lambda _f: ready.set())
     try:
-        body = done.result(timeout=max(0.0, deadline - time.monotonic()))
-    except TimeoutError:
+        replied = wait_until(ready, deadline - time.monotonic())  # the reply, the deadline or a cancel
+    except Interrupted:
         _shut(held)
-        raise DeadlinePassed() from None
-    return _parse(body)
+        raise
+    if not replied:
+        _shut(held)
+        raise DeadlinePassed()
+    return _parse(done.result())
 
 
 def _send(client: openai.OpenAI, kwargs: dict[str, Any], left: float, deadline: float, held: dict[str, Any],

@@ -4,11 +4,16 @@ One cloud sandbox per E2bSandbox object, created lazily, reused across runs
 (the attempts of one episode) and killed on close() and on every error path.
 """
 
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from types import TracebackType
 from typing import Any
 
+from core import interrupts
 from core.config import Settings, get_settings
+from core.interrupts import Interrupted
 from core.sandbox.base import Execution, ExecutionError, Logs, OutputCallback, Result, SandboxUnavailable
 from core.sandbox.local import normalize_language
 
@@ -46,12 +51,16 @@ class E2bSandbox:
         lang = normalize_language(language)
         timeout = float(timeout if timeout is not None else self.settings.sandbox_timeout)
         start = time.monotonic()
+        sbx = self._sandbox()
         try:
-            sdk_exec = self._sandbox().run_code(
+            sdk_exec = self._run_interruptible(lambda: sbx.run_code(
                 code, language=lang, timeout=timeout,
                 on_stdout=(lambda m: on_stdout(m.line)) if on_stdout else None,
                 on_stderr=(lambda m: on_stderr(m.line)) if on_stderr else None,
-            )
+            ), timeout + 30)
+        except Interrupted:
+            self.close()  # the program dies with its sandbox; the next run gets a new one
+            raise
         except Exception as exc:
             from e2b import TimeoutException
 
@@ -63,6 +72,28 @@ class E2bSandbox:
                 )
             raise
         return from_sdk(sdk_exec, (time.monotonic() - start) * 1000)
+
+    def _run_interruptible(self, call: Callable[[], Any], wait_s: float) -> Any:
+        """The SDK's blocking call, in its own thread when a cancel may come: the caller stops waiting
+        (and kills the sandbox) at once instead of when the program ends."""
+        if interrupts.current() is None:
+            return call()
+        done: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(call())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                done.set_exception(exc)
+
+        ready = threading.Event()
+        done.add_done_callback(lambda _f: ready.set())
+        threading.Thread(target=run, name="e2b-run", daemon=True).start()
+        if not interrupts.wait_until(ready, wait_s):  # the SDK's own timeout should have ended it long ago
+            from e2b import TimeoutException
+
+            raise TimeoutException(f"the sandbox did not answer within {wait_s:g} s")
+        return done.result()
 
     def close(self) -> None:
         sbx, self._sbx = self._sbx, None

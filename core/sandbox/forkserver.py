@@ -34,8 +34,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from core.interrupts import is_interrupted
 from core.sandbox import isolation as iso
 from core.sandbox.process import DRAIN_AFTER_KILL, GRACE_AFTER_EXIT, Captured, Reader, kill_group
+
+CANCEL_SLICE_S = 0.1  # how long a read may block before a cancel is looked at
 
 log = logging.getLogger(__name__)
 START_TIMEOUT = 30.0  # seconds for a new server to say it is ready (a loaded machine is slow)
@@ -222,7 +225,9 @@ class ForkServer:
                 elif now >= deadline:
                     out.timed_out = True
                     break
-                reader.pump(min(deadline - now, 1.0) if exited_at is None else GRACE_AFTER_EXIT)
+                elif is_interrupted():  # cancelled: not healthy, so the server (and the program) is killed
+                    break
+                reader.pump(min(deadline - now, CANCEL_SLICE_S) if exited_at is None else GRACE_AFTER_EXIT)
             healthy = state["exit"] is not None and not state["fatal"] and not out.timed_out and not state["bad"]
         finally:
             died = "" if healthy else self.stderr()
@@ -299,7 +304,7 @@ class ServerPool:
                 out, healthy = server.run(code, path, limits, **kwargs)
             except ServerDied:
                 server.kill()
-                if attempt:
+                if attempt or is_interrupted():  # a cancelled run is not tried again
                     raise
                 continue
             except BaseException:

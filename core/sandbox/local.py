@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from types import TracebackType
 
+from core import interrupts
 from core.config import Settings, get_settings
 from core.sandbox import isolation as iso
 from core.sandbox.base import LANGUAGES, Execution, ExecutionError, Logs, OutputCallback, Result
@@ -132,6 +133,7 @@ class LocalSandbox:
             captured = self._run_forked(bwrap, code, limits, timeout, on_stdout, on_stderr)
         else:
             captured = self._run_isolated(bwrap, code, lang, limits, timeout, on_stdout, on_stderr)
+        interrupts.check()  # cancelled mid-run: the program was killed; the run has no result to report
         return to_execution(captured, lang, timeout)
 
     def _run_forked(self, bwrap: str, code: str, limits: dict[str, int], timeout: float,
@@ -144,6 +146,7 @@ class LocalSandbox:
             return pool.run(code, "/home/user/main.py", spec, timeout=timeout, max_output=self.max_output,
                             on_stdout=on_stdout, on_stderr=on_stderr)
         except (forkserver.ServerDied, RuntimeError, OSError) as exc:  # no server: a fresh sandbox still works
+            interrupts.check()  # ... unless the server was killed because the run was cancelled
             log.warning("sandbox fork server unavailable (%s); running in a fresh sandbox", exc)
             return self._run_isolated(bwrap, code, "python", limits, timeout, on_stdout, on_stderr)
 

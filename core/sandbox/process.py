@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.interrupts import is_interrupted
+
 GRACE_AFTER_EXIT = 0.5  # seconds to wait for pipes to close after exit
 DRAIN_AFTER_KILL = 2.0  # after the kill, EOF on every pipe means every writer is dead
 
@@ -203,6 +205,8 @@ def run_captured(
     try:
         while reader.open_pipes:
             now = time.monotonic()
+            if is_interrupted():  # cancelled: the whole group is killed below
+                break
             if now >= deadline:
                 out.timed_out = proc.poll() is None
                 break
@@ -211,11 +215,11 @@ def run_captured(
             if exited_at is not None and now - exited_at > GRACE_AFTER_EXIT:
                 break
             reader.pump(min(deadline - now, 0.05 if exited_at is None else GRACE_AFTER_EXIT))
-        if not out.timed_out and exited_at is None:
-            try:  # every pipe closed but the program still runs
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        while not out.timed_out and exited_at is None and proc.poll() is None and not is_interrupted():
+            if time.monotonic() >= deadline:  # every pipe closed but the program still runs
                 out.timed_out = True
+                break
+            time.sleep(0.02)
     finally:
         kill_group(proc)
         reader.drain(DRAIN_AFTER_KILL)
