@@ -14,20 +14,45 @@ from ui.components import STATUS_ICON, call, friendly_errors, query_param
 
 safe.title("📒 Playbooks")
 
-ids = views.playbook_ids()
-if not ids:
-    safe.info("No playbooks yet. They are created by the first episode that learns, or here:")
-    new_id = st.text_input("New playbook id", key="first_pb")
-    if st.button("Create playbook") and new_id:
-        if call(P.get_or_create_playbook, new_id.strip(), success=f"Created {new_id}") is not None:
-            st.query_params["playbook"] = new_id.strip()
-            st.rerun()
-    st.stop()
+
+def new_playbook_form(key: str) -> None:
+    """Create a playbook here; its id is how episodes, benchmarks and agents name it."""
+    with st.form(key):
+        new_id = st.text_input("New playbook id", key=f"{key}-id",
+                               help="1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        if st.form_submit_button("Create playbook") and new_id.strip():
+            if call(P.get_or_create_playbook, new_id.strip()) is not None:
+                st.session_state["flash"] = f"Created playbook {new_id.strip()}"
+                st.query_params.clear()
+                st.query_params["playbook"] = new_id.strip()
+                st.rerun()
+
+
+def _picked() -> None:
+    """The user chose another playbook: the URL follows (deep links into the old one no longer apply)."""
+    st.query_params.clear()
+    st.query_params["playbook"] = st.session_state["pb_select"]
+
 
 want = query_param("playbook")
-pid = st.selectbox("Playbook", ids, index=ids.index(want) if want in ids else 0, key="pb_select")
-if pid != want:
-    st.query_params["playbook"] = pid
+show_bench = st.session_state.get("show_bench_pbs", False)
+ids = views.playbook_ids(include_bench=show_bench)
+if want and want not in ids and want in views.playbook_ids(include_bench=True):
+    ids.append(want)  # a link to a benchmark's playbook opens it
+if not ids:
+    safe.info("No playbooks yet. They are created by the first episode that learns, or here:")
+    new_playbook_form("first_pb")
+    st.stop()
+if want and want not in ids:
+    safe.warning(f"There is no playbook {want!r}. Pick one below, or create it.")
+if st.session_state.get("pb_select") not in ids or (want in ids and want != st.session_state.get("pb_select")):
+    st.session_state["pb_select"] = want if want in ids else ids[0]  # the link, else the one used last
+s1, s2 = st.columns([3, 1], vertical_alignment="bottom")
+pid = s1.selectbox("Playbook", ids, key="pb_select", on_change=_picked,
+                   help="The one used last comes first.")
+s2.toggle("Benchmark playbooks", key="show_bench_pbs", help="Show the playbooks benchmark runs made for themselves")
+with st.expander("New playbook"):
+    new_playbook_form("new_pb")
 pb = P.get_playbook(pid)
 assert pb is not None
 n_pending = views.count_pending(pid)
@@ -84,16 +109,25 @@ def show_op(op: DeltaOp, texts: dict[str, str]) -> None:
         st.text(f"evidence: {op.evidence}")
 
 
-def decide(delta_id: str, ops: list[DeltaOp], approve: bool) -> None:
+def decide(delta_id: str, staged: list[tuple[DeltaOp, bool]]) -> None:
+    """Record the decisions on these ops together: the approved ones land as one version."""
     decisions = []
-    for op in ops:
+    for op, approve in staged:
         edited = st.session_state.get(f"edit-{op.oid}")
         content = edited if approve and edited is not None and edited != (op.content or "") else None
         decisions.append(P.Decision(op.oid, approve, st.session_state.get(f"note-{op.oid}") or None, content))  # type: ignore[arg-type]
     res = call(P.decide_ops, delta_id, decisions, actor="reviewer")
     if res is not None:
-        st.session_state["flash"] = (f"Approved {len(res.results)} op(s): version {res.version}" if res.version
-                                     else "Recorded the decision")
+        approved = sum(a for _, a in staged)
+        st.session_state["flash"] = (f"Approved {approved}, rejected {len(staged) - approved}: version {res.version}"
+                                     if res.version else f"Rejected {len(staged)} op(s)")
+        for op, _ in staged:
+            st.session_state.pop(f"stage-{op.oid}", None)
+
+
+UNDECIDED, APPROVE, REJECT = "undecided", "✅ Approve", "❌ Reject"
+STAGE = (UNDECIDED, APPROVE, REJECT)
+DIFF_PAGE = 100  # diff lines drawn at once: a 5,000-bullet import is 50 pages, not one 5,000-line page
 
 
 TAB_NAMES = [f"Review ({n_pending})", "Bullets", "Versions", "Import / export"]
@@ -111,7 +145,13 @@ with tab_review, friendly_errors("show pending deltas"):
     pending = views.pending_deltas(pid)
     if focus and all(p.delta.id != focus for p in pending):
         extra = views.delta_with_ops(focus)
-        if extra is not None and extra.delta.playbook_id == pid:
+        if extra is None:
+            safe.warning(f"There is no delta {focus!r}.")
+        elif extra.delta.playbook_id != pid:
+            safe.warning(f"Delta {focus} belongs to playbook {extra.delta.playbook_id}, not {pid}.")
+            st.page_link("app_pages/playbook.py", label=safe.label(f"Open it in {extra.delta.playbook_id}"),
+                         icon="📒", query_params={"playbook": extra.delta.playbook_id, "delta": focus})
+        else:
             pending.insert(0, extra)
     if not pending:
         safe.info("Nothing waiting for review. Deltas wait here when the review mode is manual.")
@@ -134,9 +174,9 @@ with tab_review, friendly_errors("show pending deltas"):
                              query_params={"episode": d.episode_id})
             if len(open_ops) > 1:
                 h2.button(safe.label(f"✅ Approve all {len(open_ops)}"), key=f"approve-all-{d.id}", on_click=decide,
-                          args=(d.id, open_ops, True), width="stretch")
+                          args=(d.id, [(op, True) for op in open_ops]), width="stretch")
                 h3.button(safe.label(f"❌ Reject all {len(open_ops)}"), key=f"reject-all-{d.id}", on_click=decide,
-                          args=(d.id, open_ops, False), width="stretch")
+                          args=(d.id, [(op, False) for op in open_ops]), width="stretch")
             for op in item.ops:
                 with st.container(border=True):
                     note = (op.note or "").strip()
@@ -150,12 +190,18 @@ with tab_review, friendly_errors("show pending deltas"):
                     if op.type in ("ADD", "UPDATE", "MERGE"):
                         st.text_area("Edit the text before approving (optional)", op.content or "",
                                      key=f"edit-{op.oid}", height=80)
-                    n1, b1, b2 = st.columns([4, 1, 1], vertical_alignment="bottom")
+                    n1, b1 = st.columns([3, 2], vertical_alignment="bottom")
                     n1.text_input("Note (optional)", key=f"note-{op.oid}")
-                    b1.button("✅ Approve", key=f"approve-{op.oid}", on_click=decide, args=(d.id, [op], True),
-                              width="stretch")
-                    b2.button("❌ Reject", key=f"reject-{op.oid}", on_click=decide, args=(d.id, [op], False),
-                              width="stretch")
+                    b1.segmented_control("Decision", STAGE, key=f"stage-{op.oid}", default=UNDECIDED,
+                                         format_func=safe.label)
+            staged = [(op, st.session_state.get(f"stage-{op.oid}") == APPROVE) for op in open_ops
+                      if st.session_state.get(f"stage-{op.oid}") in (APPROVE, REJECT)]
+            if open_ops:
+                n_ok = sum(a for _, a in staged)
+                st.button(safe.label(f"Apply {len(staged)} decision(s): {n_ok} approved, {len(staged) - n_ok} "
+                                     "rejected, as one version" if staged else "Choose approve or reject above"),
+                          key=f"apply-{d.id}", on_click=decide, args=(d.id, staged), disabled=not staged,
+                          type="primary")
             if item.dropped:  # ops the model proposed that never reached this delta, and why
                 with st.container(border=True):
                     outcome.dropped(item.dropped)
@@ -195,26 +241,43 @@ with tab_bullets, friendly_errors("show bullets"):
                     new_text = st.text_area("Text", b.content, key=f"bedit-{b.id}")
                     e1, e2, _ = st.columns([1, 1, 4])
                     if e1.button("Save", key=f"bsave-{b.id}") and new_text != b.content:
-                        if call(P.apply_delta, pid, [{"type": "UPDATE", "bullet_id": b.id, "content": new_text,
-                                                      "justification": "edited by hand"}], source="human",
-                                success="Saved as a new version") is not None:
+                        res = call(P.apply_delta, pid, [{"type": "UPDATE", "bullet_id": b.id, "content": new_text,
+                                                         "justification": "edited by hand"}], source="human")
+                        if res is not None:
+                            st.session_state["flash"] = f"Saved {b.id}: version {res.version}"
                             st.rerun()
                     if e2.button("Remove", key=f"bremove-{b.id}"):
-                        if call(P.apply_delta, pid, [{"type": "REMOVE", "bullet_id": b.id,
-                                                      "justification": "removed by hand"}], source="human",
-                                success="Removed (soft)") is not None:
+                        st.session_state["confirm_remove"] = b.id
+                    if st.session_state.get("confirm_remove") == b.id:
+                        safe.warning(f"Remove [{b.id}]? It leaves the prompts from the next version on; to undo, "
+                                     f"restore version {pb.current_version} in the Versions tab.")
+                        k1, k2, _ = st.columns([1, 1, 4])
+                        if k1.button("Yes, remove", key=f"bremove-yes-{b.id}", type="primary"):
+                            st.session_state.pop("confirm_remove", None)
+                            res = call(P.apply_delta, pid, [{"type": "REMOVE", "bullet_id": b.id,
+                                                             "justification": "removed by hand"}], source="human")
+                            if res is not None:
+                                st.session_state["flash"] = (f"Removed {b.id}: version {res.version} (restore "
+                                                             f"version {res.version - 1} to undo)")
+                                st.rerun()
+                        if k2.button("Keep it", key=f"bremove-no-{b.id}"):
+                            st.session_state.pop("confirm_remove", None)
                             st.rerun()
-    with st.expander("Add a bullet"):
-        with st.form("add_bullet", clear_on_submit=True):
-            sec = st.text_input("Section", "strategies")
-            content = st.text_area("Content")
+    if st.session_state.pop("add_done", False):  # cleared here, before the form is drawn
+        st.session_state["add_content"] = ""
+    with st.expander("Add a bullet", expanded=bool(st.session_state.get("add_content"))):
+        with st.form("add_bullet"):  # what the user typed stays when adding fails
+            sec = st.text_input("Section", "strategies", key="add_section")
+            content = st.text_area("Content", key="add_content")
             if st.form_submit_button("Add"):
                 res = call(P.apply_delta, pid, [{"type": "ADD", "section": sec, "content": content,
                                                  "justification": "added by hand"}], source="human")
                 if res is not None:
                     r0 = res.results[0]
-                    safe.success(f"{r0.type} {r0.bullet_id}: version {res.version}"
-                               + (f" ({r0.note})" if r0.note else ""))
+                    st.session_state["flash"] = (f"{'Added' if r0.type == 'ADD' else r0.type} {r0.bullet_id}: "
+                                                 f"version {res.version}" + (f" ({r0.note})" if r0.note else ""))
+                    st.session_state["add_done"] = True
+                    st.rerun()
 
 # ------------------------------------------------------------------ versions
 with tab_versions, friendly_errors("show versions"):
@@ -227,25 +290,42 @@ with tab_versions, friendly_errors("show versions"):
                                 "summary": st.column_config.TextColumn("summary", width="large")})
     link = query_param("diff") or ""
     da, db = (link.split("..") + [""])[:2] if ".." in link else ("", "")
+    if link and not (da.isdigit() and db.isdigit() and int(da) in numbers and int(db) in numbers):
+        safe.warning(f"The link asks for the diff {link!r}, but playbook {pid} has versions 0 to "
+                     f"{pb.current_version}. Pick two below.")
     default_b = int(db) if db.isdigit() and int(db) in numbers else numbers[0]
     default_a = int(da) if da.isdigit() and int(da) in numbers else (numbers[1] if len(numbers) > 1 else numbers[0])
+
+    def _diff_picked() -> None:  # the URL follows the chosen versions, so it can be shared
+        st.query_params["diff"] = f"{st.session_state['diff_a']}..{st.session_state['diff_b']}"
+
     v1, v2 = st.columns(2)
-    a = v1.selectbox("From version", numbers, index=numbers.index(default_a), key="diff_a")
-    b = v2.selectbox("To version", numbers, index=numbers.index(default_b), key="diff_b")
-    safe.caption(f"Link to this diff: ?playbook={pid}&diff={a}..{b}")
+    a = v1.selectbox("From version", numbers, index=numbers.index(default_a), key="diff_a", on_change=_diff_picked)
+    b = v2.selectbox("To version", numbers, index=numbers.index(default_b), key="diff_b", on_change=_diff_picked)
+    base = st.context.url.split("?")[0] if st.context.url else ""
+    st.code(f"{base}?playbook={pid}&diff={a}..{b}", language="text")  # copy button in its corner
     diff = versions.diff_versions(pid, int(a), int(b))
     if diff.empty:
         safe.info("No differences.")
     else:
         safe.markdown(safe.md_format("**Version {} → {}**: {} added · {} removed · {} changed", a, b,
                                      len(diff.added), len(diff.removed), len(diff.changed)))
-    for x in diff.added:
+    n_add, n_rem = len(diff.added), len(diff.removed)
+    pages = max(1, -(-(n_add + n_rem + len(diff.changed)) // DIFF_PAGE))
+    page_no = int(st.number_input(safe.label(f"Page (of {pages}, {DIFF_PAGE} lines each)"), 1, pages, 1,
+                                  key="diff_page")) \
+        if pages > 1 else 1
+    lo, hi = (page_no - 1) * DIFF_PAGE, page_no * DIFF_PAGE  # the page's lines: added, then removed, then changed
+    page_added = diff.added[lo:hi]
+    page_removed = diff.removed[max(0, lo - n_add):max(0, hi - n_add)]
+    page_changed = diff.changed[max(0, lo - n_add - n_rem):max(0, hi - n_add - n_rem)]
+    for x in page_added:
         safe.show_html(safe.html('<div style="background:#e6ffec;border-left:4px solid #2f9e44;padding:4px 8px">'
                                  "+ [{}] {}</div>", x.bullet_id, x.content))
-    for x in diff.removed:
+    for x in page_removed:
         safe.show_html(safe.html('<div style="background:#ffebe9;border-left:4px solid #e03131;padding:4px 8px">'
                                  "− [{}] <del>{}</del></div>", x.bullet_id, x.content))
-    for before, after in diff.changed:
+    for before, after in page_changed:
         counters = " · ".join(f"{k} {getattr(before, k)} → {getattr(after, k)}"
                               for k in ("helpful", "harmful", "neutral", "section", "status")
                               if getattr(before, k) != getattr(after, k))
@@ -281,6 +361,8 @@ with tab_io, friendly_errors("import or export"):
                           type=["json", "md", "txt"])
     replace = st.checkbox("Replace the current bullets")
     if up is not None and st.button("Import"):
-        res = call(portability.import_playbook, pid, up.getvalue(), replace=replace, actor="reviewer")
+        with st.spinner(safe.label(f"Importing {up.name} ({up.size / 1e6:.1f} MB)…")):
+            res = call(portability.import_playbook, pid, up.getvalue(), replace=replace, actor="reviewer")
         if res is not None:
-            safe.success(f"Imported {res[0]} bullets: version {res[1]}")
+            st.session_state["flash"] = f"Imported {res[0]:,} bullets from {up.name}: version {res[1]}"
+            st.rerun()

@@ -42,3 +42,20 @@ class Missing(NotFound, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+def plain_message(exc: BaseException) -> str:
+    """What went wrong in plain words, naming the field: a pydantic ValidationError becomes "content: must
+    not be empty" instead of "1 validation error for OpIn ... visit https://errors.pydantic.dev/..."."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        parts = []
+        for e in errors():
+            loc = ".".join(str(x) for x in e.get("loc") or () if not isinstance(x, int)) or "input"
+            msg = str(e.get("msg", "is not valid"))
+            for prefix in ("Value error, ", "Assertion failed, "):
+                msg = msg.removeprefix(prefix)
+            parts.append(f"{loc}: {msg}")
+        return "; ".join(parts) or "the input is not valid"
+    text = str(exc).strip()
+    return text or type(exc).__name__

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 import pandas as pd
-from sqlalchemy import func, or_
+from sqlalchemy import func, or_, text
 from sqlmodel import col, select
 from sqlmodel.sql.expression import Select
 
@@ -24,7 +24,6 @@ from core.storage.models import (
     Event,
     Job,
     LLMCall,
-    Playbook,
     PlaybookVersion,
     Reflection,
 )
@@ -76,9 +75,19 @@ def recent_reflections(limit: int = 200) -> list[tuple[Reflection, str]]:
     return [(r, t) for r, t in rows]
 
 
-def playbook_ids() -> list[str]:
+_RECENT_FIRST = text(
+    "SELECT p.id FROM playbook p "
+    "LEFT JOIN (SELECT playbook_id, max(created_at) AS last FROM episode GROUP BY playbook_id) e "
+    "ON e.playbook_id = p.id "
+    "WHERE :bench OR p.id NOT IN (SELECT id FROM benchrun) "
+    "ORDER BY CASE WHEN e.last IS NULL OR p.modified_at > e.last THEN p.modified_at ELSE e.last END DESC, p.id")
+
+
+def playbook_ids(include_bench: bool = False) -> list[str]:
+    """Playbook ids, the one used last first (changed or run with): the default a page opens on. The
+    playbooks benchmark runs make for themselves are left out unless asked for."""
     with read_session() as s:
-        return list(s.exec(select(Playbook.id).order_by(Playbook.id)))
+        return list(s.connection().execute(_RECENT_FIRST, {"bench": include_bench}).scalars())
 
 
 def job_for_episode(episode: Episode) -> Optional[Job]:

@@ -79,7 +79,9 @@ def test_approve_creates_a_version(populated) -> None:
         op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
     before = P.get_playbook("stats").current_version
     at.text_area(key=f"edit-{op.oid}").set_value("Guard against empty lists before dividing")
-    at.button(key=f"approve-{op.oid}").click().run()
+    at.segmented_control(key=f"stage-{op.oid}").set_value("✅ Approve").run()
+    assert P.get_playbook("stats").current_version == before  # staged, not applied yet
+    at.button(key=f"apply-{populated['delta']}").click().run()
     assert not at.exception
     assert P.get_playbook("stats").current_version == before + 1
     assert "Guard against empty lists before dividing" in [b.content for b in P.active_bullets("stats")]
@@ -93,7 +95,8 @@ def test_reject_changes_the_database(populated) -> None:
     with read_session() as s:
         op = s.exec(select(DeltaOp).where(DeltaOp.delta_id == populated["delta"], DeltaOp.type == "ADD")).one()
     at.text_input(key=f"note-{op.oid}").set_value("too specific")
-    at.button(key=f"reject-{op.oid}").click().run()
+    at.segmented_control(key=f"stage-{op.oid}").set_value("❌ Reject").run()
+    at.button(key=f"apply-{populated['delta']}").click().run()
     with read_session() as s:
         row = s.get(DeltaOp, op.oid)
         assert row.decision == "rejected" and row.note == "too specific"

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from sqlmodel import Session, select
 
 from core.config import get_settings
+from core.errors import plain_message
 from core.playbook.applier import DELTAS, Applier, ApplyResult, OpResult, load_bullets, named_ids, summary_of
 from core.playbook.ops import BulletMissing, DeltaConflict, DeltaError, DeltaIn, OpIn, check_content
 from core.playbook.store import ensure_playbook, validate_playbook_id
@@ -33,7 +34,7 @@ def _as_ops(ops: DeltaIn | Iterable[OpIn | dict]) -> tuple[str, list[OpIn]]:
         try:
             out.append(op if isinstance(op, OpIn) else OpIn.model_validate(op))
         except Exception as exc:  # pydantic ValidationError, TypeError
-            raise DeltaError(f"operation {i + 1}: {exc}", loc=("operations", i)) from exc
+            raise DeltaError(f"operation {i + 1}: {plain_message(exc)}", loc=("operations", i)) from exc
     return "", out
 
 

@@ -213,13 +213,18 @@ def _meta(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: v[:n] for k, n in limits.items() if isinstance(v := pb.get(k), str) and v.strip()}
 
 
+_HEADING = re.compile(r"^(#{2,6})\s+(\S.*)$")  # "## section" (a "# title" names the document, not a section)
+_LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d{1,6}[.)])\s+(\S.*)$")  # "- a strategy", "* ...", "1. ..."
+
+
 def parse_text(text: str) -> list[ImportedBullet]:
-    """ace-agent/ace's text playbook, and our Markdown export."""
+    """ace-agent/ace's text playbook, our Markdown export, and plain Markdown: every list item a bullet,
+    under the heading above it as its section."""
     section = "general"
     out = []
     for n, line in enumerate(text.splitlines(), 1):
-        if line.startswith("## "):
-            section = normalize_section(line[3:])
+        if heading := _HEADING.match(line):
+            section = normalize_section(heading.group(2))
             continue
         parsed = parse_line(line)
         if parsed is not None:
@@ -227,8 +232,11 @@ def parse_text(text: str) -> list[ImportedBullet]:
                                       helpful=parsed.helpful, harmful=parsed.harmful, neutral=parsed.neutral or 0))
         elif line.strip().startswith("[") and "::" in line:
             raise DeltaError(f"line {n} looks like a bullet but does not parse: {line[:80]!r}")
+        elif item := _LIST_ITEM.match(line):
+            out.append(ImportedBullet(id=None, section=section, content=item.group(1).strip()))
     if not out:
-        raise DeltaError("no bullets found: expected lines like '[str-00001] helpful=5 harmful=0 :: content'")
+        raise DeltaError("no bullets found: expected a Markdown list ('- a strategy' under '## a section'), "
+                         "or lines like '[str-00001] helpful=5 harmful=0 :: content'")
     return out
 
 
