@@ -24,6 +24,11 @@ with friendly_errors("draw the learning curves"):
     names = sorted(set(df["playbook"]) | set(vdf["playbook"])) if not (df.empty and vdf.empty) else []
     palette = px.colors.qualitative.Plotly
     cmap = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per playbook on every chart
+    left_out = views.episodes_left_out(pid)
+    if left_out:
+        safe.caption("Counted: finished model episodes, which learn. Left out: "
+                     + ", ".join(f"{n} {what}" for what, n in left_out.items())
+                     + " (benchmarks are compared below).")
     if df.empty:
         safe.info("No finished episodes yet. Run some from the Playground (or a benchmark) and come back.")
     else:
@@ -71,9 +76,18 @@ with friendly_errors("show benchmark runs"):
         rows = [{"run": safe.plotly_text(f"{r['suite']} · {r['id'][-6:]}"), "arm": arm, "pass rate": r[key]}
                 for r in runs for arm, key in (("baseline", "baseline_test_pass_rate"), ("ACE", "ace_test_pass_rate"))
                 if r.get(key) is not None]
+        safe.subheader("Did ACE help?")
         fig = px.bar(pd.DataFrame(rows), x="run", y="pass rate", color="arm", barmode="group", range_y=[0, 1.1],
                      text_auto=".0%", color_discrete_map={"baseline": "#adb5bd", "ACE": "#4c6ef5"},
                      title="Benchmarks: held-out pass rate, baseline vs ACE")
         fig.update_traces(textposition="outside")
         st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
+        labels = {r["id"]: f"{r['suite']} · {r['id']}" for r in runs}
+        picked = st.selectbox("Run", list(labels), format_func=lambda r: safe.label(labels[r]), key="ace_run")
+        by_epoch = views.ace_by_epoch(picked)
+        if not by_epoch.empty:
+            fig = px.line(by_epoch, x="stage", y="pass rate", color="tasks", markers=True, range_y=[-0.05, 1.05],
+                          title="Success by epoch: the baseline, then ACE as its playbook grows",
+                          hover_data={"done": True})
+            st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
         st.page_link("app_pages/benchmarks.py", label="Benchmark details", icon="🏁")

@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, text
 from sqlmodel import col, select
 from sqlmodel.sql.expression import Select
 
+from core.bench import bench_progress
 from core.storage.db import read_session
 from core.storage.models import (
     Bullet,
@@ -431,10 +432,13 @@ def provenance(playbook_id: str, bullet_id: str) -> dict[str, Any]:
 
 
 def learning_frame(playbook_id: Optional[str] = None, limit: int = 20_000) -> pd.DataFrame:
+    """Finished model episodes, in order: the ones that can learn. Runs of given code (no model), agents'
+    learn requests and benchmark episodes are left out: counted in, "72% success" would not be learning."""
     with read_session() as s:
         stmt = _columns(Episode.id, Episode.playbook_id, Episode.created_at, Episode.success, Episode.attempts,
                         Episode.tokens, Episode.llm_ms, Episode.sandbox_ms, Episode.started_at, Episode.finished_at
-                        ).where(col(Episode.status).in_(["succeeded", "failed"]), Episode.mode != "learn")
+                        ).where(col(Episode.status).in_(["succeeded", "failed"]), Episode.mode == "llm",
+                                col(Episode.bench_run_id).is_(None))
         if playbook_id:
             stmt = stmt.where(Episode.playbook_id == playbook_id)
         rows = s.exec(stmt.order_by(col(Episode.created_at)).limit(limit)).all()
@@ -449,6 +453,35 @@ def learning_frame(playbook_id: Optional[str] = None, limit: int = 20_000) -> pd
     return df
 
 
+def episodes_left_out(playbook_id: Optional[str] = None) -> dict[str, int]:
+    """Finished episodes the learning curves leave out, by why: runs of given code, benchmark episodes."""
+    with read_session() as s:
+        stmt = select(Episode.mode, col(Episode.bench_run_id).is_not(None), func.count()).where(
+            col(Episode.status).in_(["succeeded", "failed"]))
+        if playbook_id:
+            stmt = stmt.where(Episode.playbook_id == playbook_id)
+        rows = s.exec(stmt.group_by(Episode.mode, col(Episode.bench_run_id).is_not(None))).all()
+    out = {"runs of given code (no model)": 0, "benchmark episodes": 0}
+    for mode, in_bench, n in rows:
+        if in_bench:
+            out["benchmark episodes"] += n
+        elif mode == "sandbox_only":
+            out["runs of given code (no model)"] += n
+    return {k: v for k, v in out.items() if v}
+
+
+def ace_by_epoch(run_id: str) -> pd.DataFrame:
+    """One benchmark run's pass rate per stage: the baseline (no playbook), then ACE epoch by epoch on the
+    training tasks, then ACE on the held-out tasks. "Did ACE help?" at a glance."""
+    rows = []
+    for st_ in bench_progress(run_id)["stages"]:
+        if st_["done"]:
+            label = "baseline" if st_["arm"] == "baseline" else f"ACE epoch {st_['epoch']}"
+            rows.append({"stage": label, "arm": "baseline" if st_["arm"] == "baseline" else "ACE",
+                         "tasks": st_["phase"], "pass rate": st_["passed"] / st_["done"], "done": st_["done"]})
+    return pd.DataFrame(rows, columns=["stage", "arm", "tasks", "pass rate", "done"])
+
+
 def versions_frame(playbook_id: Optional[str] = None) -> pd.DataFrame:
     with read_session() as s:
         stmt = _columns(PlaybookVersion.playbook_id, PlaybookVersion.number, PlaybookVersion.bullet_count,
@@ -458,3 +491,14 @@ def versions_frame(playbook_id: Optional[str] = None) -> pd.DataFrame:
             stmt = stmt.where(PlaybookVersion.playbook_id == playbook_id)
         rows = s.exec(stmt.order_by(PlaybookVersion.playbook_id, col(PlaybookVersion.number))).all()
     return pd.DataFrame(rows, columns=["playbook", "version", "bullets", "tokens", "created", "summary", "delta"])
+
+
+def clip_output(text: str, keep: int = 20_000) -> str:
+    """Long program output as its head and its tail with a marker saying how much was cut between them: the
+    start (what the program set out to do) and the end (how it stopped) both matter, the middle seldom."""
+    if len(text) <= keep:
+        return text
+    head, tail = text[:keep // 2], text[-(keep // 2):]
+    cut = len(text) - len(head) - len(tail)
+    size = f"{cut / 1024:,.0f} KB" if cut >= 1024 else f"{cut:,} characters"
+    return f"{head}\n\n[… {size} cut here: the head and the tail are shown …]\n\n{tail}"

@@ -143,8 +143,20 @@ def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
     charts = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Held-out test split" in c for c in charts)
     assert run_id in at.dataframe[0].value["run"].tolist()
-    learning = [c.proto.spec for c in app("app_pages/learning.py").get("plotly_chart")]
-    assert any("baseline vs ACE" in c for c in learning)
+    learning_page = app("app_pages/learning.py")
+    learning = [c.proto.spec for c in learning_page.get("plotly_chart")]
+    assert any("baseline vs ACE" in c for c in learning) and any("Success by epoch" in c for c in learning)
+    assert any("benchmark episodes" in c.value for c in learning_page.caption)  # not in the learning curve
+
+
+def test_learning_curves_count_only_model_episodes(populated) -> None:
+    """The populated database has one model episode and one run of given code: only the first is learning."""
+    from core import views
+
+    assert len(views.learning_frame("stats")) == 1
+    at = app("app_pages/learning.py", playbook="stats")
+    assert next(m.value for m in at.metric if m.label == "episodes") == "1"
+    assert any("1 runs of given code \\(no model\\)" in c.value for c in at.caption), [c.value for c in at.caption]
 
 
 def _bench_reply(req: dict) -> dict:

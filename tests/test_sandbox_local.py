@@ -130,3 +130,14 @@ def test_get_sandbox_backend_choice():
     with pytest.raises(ValueError):
         get_sandbox("nope")
     assert isinstance(get_sandbox(settings=load_settings(env={"ACE_SANDBOX": "local"})), LocalSandbox)
+
+
+def test_long_output_keeps_its_head_and_its_tail(sb) -> None:
+    """How a program stopped is at the end of what it printed: past the cap, the tail is kept too."""
+    code = ("import sys\nfor i in range(200_000):\n    sys.stdout.write(f'line {i}\\n')\n"
+            "print('THE END')\n")
+    ex = sb.run(code, timeout=60)
+    assert ex.truncated and len(ex.stdout) <= sb.max_output
+    assert ex.stdout.startswith("line 0\nline 1\n")
+    assert ex.stdout.endswith("line 199999\nTHE END\n")
+    assert "KB of output cut here" in ex.stdout

@@ -93,6 +93,12 @@ USED_STYLE = "background:#ffd43b;border-left:4px solid #e67700"
 EMBEDDED_STYLE = "background:#e7f5ff;border-left:4px solid #74c0fc"
 
 
+def output_box(text: str) -> None:
+    """Program output in a box of bounded height: its head and tail when long, with what was cut marked."""
+    shown = views.clip_output(text)
+    st.code(shown, language="text", height=420 if shown.count("\n") > 20 else "content")
+
+
 def fmt_ms(ms: Optional[float]) -> str:
     ms = ms or 0.0
     return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
@@ -206,8 +212,12 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
     if e.kind == "evaluate":
         ev = cast(EvaluatePayload, p)
         box = safe.success if ev.get("passed") else safe.warning
-        box(label + safe.md_format(": {} {}/{} checks", "PASSED" if ev.get("passed") else "FAILED",
-                                   ev.get("total", 0) - len(ev.get("failed") or []), ev.get("total", 0)))
+        verdict = "PASSED" if ev.get("passed") else "FAILED"
+        if ev.get("total", 0):
+            box(label + safe.md_format(": {} {}/{} checks", verdict, ev.get("total", 0) - len(ev.get("failed") or []),
+                                       ev.get("total", 0)))
+        else:  # nothing to check against: the program's exit decided
+            box(label + safe.md_format(": {} · no tests: judged by exit code", verdict))
         failed = (ev.get("failed") or [])[:20]
         if failed:
             st.text("\n".join(f"- {f}" for f in failed))
@@ -251,10 +261,10 @@ def render_event(e: Event, language: str = "python", call_numbers: Optional[dict
                 safe.code(f"{er.get('name')}: {er.get('value')}")
             if out:
                 safe.markdown(safe.md("**stdout**"))
-                st.code(out[-20000:], language="text")
+                output_box(out)
             if err:
                 safe.markdown(safe.md("**stderr**"))
-                st.code(err[-20000:], language="text")
+                output_box(err)
             if er.get("traceback") and er["traceback"].strip() not in err:
                 safe.markdown(safe.md("**traceback**"))
                 st.code(er["traceback"], language="text")
@@ -345,7 +355,7 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
         render_event(e, ep.language, numbers)
     for attempt, chunks in live_output.items():
         safe.caption(f"live output, attempt {attempt}")
-        st.code("".join(chunks)[-20000:], language="text")
+        output_box("".join(chunks))
     if calls or not sandbox_only:
         render_llm_calls(ep.id, focus_call, calls)
     links: list[tuple[str, str, str, dict[str, str]]] = []

@@ -176,6 +176,6 @@ def _generate(spec: TaskSpec, ep: Episode, trace: Trace, roles: Roles, settings:
             else:
                 p.update(GeneratePayload(error="the reply held no code", error_type="NoCode"))
                 why = unusable_feedback("the reply held no code")
-        if code is None:  # no run will record this attempt: the episode row counts it here
-            ep_update.update(attempts=n, **progress.spent())
+        # the episode row counts the attempt and its tokens now, so a live view shows them before the run ends
+        ep_update.update(attempts=n, **progress.spent())
     return code, why

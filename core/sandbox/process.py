@@ -33,24 +33,43 @@ class Captured:
     duration_ms: float = 0.0
 
 
+MARKER_ROOM = 100  # bytes kept free under the cap for the line that marks the cut
+
+
 class _Stream:
-    """Splits decoded output into lines, calls back per line, enforces a cap."""
+    """Splits decoded output into lines, calls back per line, enforces a cap.
+
+    Past the cap it keeps the output's tail (a quarter of the cap) instead of nothing: how a program
+    stopped is at the end of what it printed. A line marks how much was cut between head and tail."""
 
     def __init__(self, sink: list[str], cap: int, callback: Callable[[str], None] | None):
-        self.sink, self.cap, self.callback = sink, cap, callback
+        self.sink, self.callback = sink, callback
+        self.tail_cap = cap // 4
+        self.cap = max(0, cap - self.tail_cap - MARKER_ROOM)  # the head's share
         self.kept = 0
         self.truncated = False
         self.partial = ""
+        self.tail = bytearray()
+        self.dropped = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, data: bytes) -> None:
         if self.truncated:
+            self._keep_tail(data)
             return
         room = self.cap - self.kept
         if len(data) > room:
-            data, self.truncated = data[:room], True
+            data, rest, self.truncated = data[:room], data[room:], True
+            self._keep_tail(rest)
         self.kept += len(data)
         self._emit(self.partial + self.decoder.decode(data))
+
+    def _keep_tail(self, data: bytes) -> None:
+        self.tail += data
+        if len(self.tail) > self.tail_cap:
+            over = len(self.tail) - self.tail_cap
+            self.dropped += over
+            del self.tail[:over]
 
     def _emit(self, text: str) -> None:
         lines = text.splitlines(keepends=True)
@@ -67,7 +86,18 @@ class _Stream:
         rest = self.partial + self.decoder.decode(b"", final=True)
         self.partial = ""
         if rest:
-            self._line(rest)
+            self._line(rest if rest.endswith("\n") or not self.truncated else rest + "\n")
+        if not self.truncated:
+            return
+        tail = bytes(self.tail)
+        start = tail.find(b"\n") + 1 if self.dropped else 0  # begin the tail at a line, when one was cut
+        if 0 < start < len(tail):
+            self.dropped, tail = self.dropped + start, tail[start:]
+        cut = self.dropped
+        self._line(f"[… {cut / 1024:,.0f} KB of output cut here; its end follows …]\n" if cut >= 1024
+                   else f"[… {cut:,} bytes of output cut here; its end follows …]\n")
+        for line in tail.decode("utf-8", errors="replace").splitlines(keepends=True):
+            self._line(line)
 
 
 def kill_group(proc: subprocess.Popen) -> None:
