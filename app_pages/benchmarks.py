@@ -47,18 +47,34 @@ with friendly_errors("show benchmark runs"):
     if not runs:
         safe.info(safe.md("No benchmark runs yet. Start one above, or from a shell: `ace bench python --epochs 2`."))
         st.stop()
-    table = pd.DataFrame([{"run": r["id"], "suite": r["suite"], "status": r["status"],
-                           "baseline (test)": r.get("baseline_test_pass_rate"),
-                           "ACE (test)": r.get("ace_test_pass_rate"), "improvement": r.get("improvement")}
-                          for r in runs])
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(c, format="percent")
-                                for c in ("baseline (test)", "ACE (test)", "improvement")})
+    active = any(r["status"] in ("queued", "running") for r in runs)
+
+    @st.fragment(run_every=2.0 if active else None)
+    def runs_table() -> None:
+        """The runs with their status and pass rates, refreshed with the progress below (it once said "queued"
+        while the progress bar said done); a rate not measured yet is blank, not "None"."""
+        fresh = bench.list_runs(50)
+        table = pd.DataFrame([{"run": r["id"], "suite": r["suite"], "status": r["status"],
+                               "baseline (test)": r.get("baseline_test_pass_rate"),
+                               "ACE (test)": r.get("ace_test_pass_rate"), "improvement": r.get("improvement")}
+                              for r in fresh])
+        for c in ("baseline (test)", "ACE (test)", "improvement"):
+            table[c] = pd.to_numeric(table[c], errors="coerce")
+        st.dataframe(table, hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(c, format="percent")
+                                    for c in ("baseline (test)", "ACE (test)", "improvement")})
+
+    runs_table()
     ids = [r["id"] for r in runs]
     want = query_param("run")
-    run_id = st.selectbox("Run", ids, index=ids.index(want) if want in ids else 0)
-    if run_id != want:
-        st.query_params["run"] = run_id
+    if want and want not in ids:
+        safe.warning(f"There is no benchmark run {want!r}. Pick one below.")
+
+    def _picked() -> None:  # the URL follows the user's choice (and only that: a bad link stays as it was)
+        st.query_params["run"] = st.session_state["bench_run"]
+
+    run_id = st.selectbox("Run", ids, index=ids.index(want) if want in ids else 0, key="bench_run",
+                          on_change=_picked)
 
     @st.fragment(run_every=2.0 if bench.bench_progress(run_id)["status"] in ("queued", "running") else None)
     def show_run() -> None:

@@ -26,10 +26,19 @@ with friendly_errors("load reflections"):
         st.query_params["episode"] = pick
     refl = views.reflection_for(pick)
     ep = views.get_episode(pick)
-    if ep is not None:
-        safe.markdown(safe.md_format("**Task** {}", ep.task))
-        safe.caption(f"episode {ep.id} · {ep.status} · playbook {ep.playbook_id}")
-        st.page_link("app_pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
+    if ep is None:
+        safe.warning(f"There is no episode {pick!r}.")
+        st.stop()
+    safe.markdown(safe.md_format("**Task** {}", ep.task))
+    safe.caption(f"episode {ep.id} · {ep.status} · playbook {ep.playbook_id}")
+    l1, l2 = st.columns(2)
+    l1.page_link("app_pages/trace.py", label="Open the trace", icon="🔎", query_params={"episode": ep.id})
+    delta = views.delta_with_ops(ep.delta_id) if ep.delta_id else None
+    if delta is not None:  # what this reflection led to: the Curator's delta, as applied or waiting for review
+        l2.page_link("app_pages/playbook.py", icon="📝",
+                     label=safe.label(f"The delta it produced ({delta.delta.status.replace('_', ' ')}, "
+                                      f"{len(delta.ops)} op(s))"),
+                     query_params={"playbook": ep.playbook_id, "delta": delta.delta.id})
     learned = views.learning_outcome(pick)
     if refl is None:
         safe.info("This episode has no reflection (yet).")

@@ -71,6 +71,13 @@ def test_reflection_page_shows_fields(populated) -> None:
     assert [h.value for h in at.subheader][:4] == ["Error identification", "Root cause analysis",
                                                   "Correct approach", "Key insight"]
     assert any("guard empty input" in m.value for m in at.text)
+    links = [(p.proto.label.replace("\\", ""), p.proto.page) for p in at.get("page_link")]
+    assert any("The delta it produced (pending, 1 op(s))" in label for label, _ in links), links
+
+
+def test_reflection_page_says_when_an_episode_does_not_exist(populated) -> None:
+    at = app("app_pages/reflection.py", episode="ep-nope")
+    assert any("no episode 'ep" in w.value.replace("\\", "") for w in at.warning)
 
 
 def test_approve_creates_a_version(populated) -> None:
