@@ -37,26 +37,32 @@ with friendly_errors("draw the learning curves"):
         c[1].metric("success rate", safe.label(f"{df['success'].mean():.0%}"))
         c[2].metric("mean attempts", safe.label(f"{df['attempts'].mean():.2f}"))
         c[3].metric("tokens", safe.label(f"{int(df['tokens'].sum()):,}"))
+        # thousands of episodes: about 1,000 points per playbook (every k-th episode; the success line is a
+        # rolling mean already) and no per-episode dots: 10,000 SVG markers took 10 s to draw
+        big = len(df) > 2000
+        if big:
+            df = pd.concat(g.iloc[::max(1, len(g) // 1000)] for _, g in df.groupby("playbook"))
         fig = px.line(df, x="n", y="rolling_success", color="playbook", color_discrete_map=cmap,
                       labels={"n": "episode", "rolling_success": "success rate (rolling mean of 10)"})
-        for name, g in df.groupby("playbook"):
+        for name, g in ([] if big else df.groupby("playbook")):
             fig.add_scatter(x=g["n"], y=g["success"], mode="markers", opacity=0.4, showlegend=False,
                             marker=dict(color=cmap[name], size=9), name=f"{name}: episode",
                             hovertemplate="episode %{x}: %{y}<extra>" + str(name) + "</extra>")
-        fig.update_layout(title="Success per episode (dots: 1 = passed, 0 = failed; line: rolling mean of 10)",
+        fig.update_layout(title="Success per episode (rolling mean of 10)" if big else
+                          "Success per episode (dots: 1 = passed, 0 = failed; line: rolling mean of 10)",
                           height=380, yaxis_range=[-0.05, 1.05], yaxis_tickformat=".0%", **LEGEND)
         st.plotly_chart(fig, width="stretch")
         left, right = st.columns(2)
         ok = df[df["success"] == 1]
         if not ok.empty:
-            left.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=True, color_discrete_map=cmap,
-                                      title="Attempts until success", labels={"n": "episode"}).update_layout(**LEGEND),
-                              width="stretch")
-        right.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode", markers=True,
-                                   color_discrete_map=cmap, labels={"n": "episode"}).update_layout(**LEGEND),
-                           width="stretch")
+            left.plotly_chart(px.line(ok, x="n", y="attempts", color="playbook", markers=not big,
+                                      color_discrete_map=cmap, title="Attempts until success",
+                                      labels={"n": "episode"}).update_layout(**LEGEND), width="stretch")
+        right.plotly_chart(px.line(df, x="n", y="tokens", color="playbook", title="Tokens per episode",
+                                   markers=not big, color_discrete_map=cmap,
+                                   labels={"n": "episode"}).update_layout(**LEGEND), width="stretch")
         st.plotly_chart(px.line(df, x="n", y="latency_s", color="playbook", title="Latency per episode (s)",
-                                markers=True, color_discrete_map=cmap,
+                                markers=not big, color_discrete_map=cmap,
                                 labels={"n": "episode", "latency_s": "seconds"}).update_layout(**LEGEND),
                         width="stretch")
     if not vdf.empty:

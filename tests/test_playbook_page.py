@@ -27,7 +27,7 @@ def metric(at, label: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_adding_a_bullet_shows_the_new_version_at_once(stats: str) -> None:
-    at = open_app(PAGE, playbook=stats)
+    at = open_app(PAGE, playbook=stats, tab="Bullets")
     assert metric(at, "version") == "1"
     at.text_area(key="add_content").set_value("Prefer pathlib over os.path for new code")
     at.button(key="FormSubmitter:add_bullet-Add").click().run()
@@ -38,7 +38,7 @@ def test_adding_a_bullet_shows_the_new_version_at_once(stats: str) -> None:
 
 
 def test_a_failed_add_keeps_the_text_and_says_what_is_wrong_in_plain_words(stats: str) -> None:
-    at = open_app(PAGE, playbook=stats)
+    at = open_app(PAGE, playbook=stats, tab="Bullets")
     at.text_area(key="add_content").set_value("   ")
     at.text_input(key="add_section").set_value("x" * 500)
     at.button(key="FormSubmitter:add_bullet-Add").click().run()
@@ -129,6 +129,14 @@ def test_benchmark_playbooks_are_hidden_and_the_last_used_comes_first(stats: str
     assert not any(p.startswith("bench-") for p in views.playbook_ids())
     at = open_app(PAGE)
     assert at.selectbox(key="pb_select").value == "recent"
+
+
+def test_only_the_open_tab_is_built(stats: str) -> None:
+    """Tabs are lazy: reviewing a 5,000-bullet playbook does not build its bullets table."""
+    at = open_app(PAGE, playbook=stats)
+    assert not at.dataframe  # the Review tab has no table
+    at = open_app(PAGE, playbook=stats, tab="Bullets")
+    assert at.dataframe and at.query_params["tab"] == "Bullets"
 
 
 def test_large_version_diffs_are_paged(stats: str) -> None:
