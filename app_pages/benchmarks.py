@@ -36,6 +36,8 @@ with friendly_errors("list suites"), st.expander("Start a benchmark run", expand
             if settings.worker_in_app:
                 worker.start_in_background()
             st.query_params["run"] = run_id
+            st.session_state.pop("bench_run", None)  # the selector opens on the new run
+            st.rerun()  # the table and the selector list the new run at once
     up = st.file_uploader("Add a suite (JSONL: task, language, tests or expected_output, tags, id)", type=["jsonl"])
     new_name = st.text_input("Suite name", key="suite_name")
     if up is not None and new_name and st.button("Add suite"):

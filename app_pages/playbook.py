@@ -373,11 +373,12 @@ with tab_io, friendly_errors("import or export"):
         e2.download_button("Export Markdown", portability.export_markdown(pid), file_name=f"{pid}.md",
                            mime="text/markdown")
         up = st.file_uploader("Import: our JSON or Markdown, an ace-agent text playbook, or a kayba skillbook JSON",
-                              type=["json", "md", "txt"])
+                              type=["json", "md", "txt"], key=f"import-{st.session_state.get('imports', 0)}")
         replace = st.checkbox("Replace the current bullets")
         if up is not None and st.button("Import"):
             with st.spinner(safe.label(f"Importing {up.name} ({up.size / 1e6:.1f} MB)…")):
                 res = call(portability.import_playbook, pid, up.getvalue(), replace=replace, actor="reviewer")
             if res is not None:
                 st.session_state["flash"] = f"Imported {res[0]:,} bullets from {up.name}: version {res[1]}"
+                st.session_state["imports"] = st.session_state.get("imports", 0) + 1  # an empty uploader: no repeat
                 st.rerun()

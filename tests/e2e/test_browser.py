@@ -130,3 +130,54 @@ def test_cancel_in_the_browser_stops_the_program_within_a_second(server, page) -
     assert gone < 1.0, gone
     settle(page)
     page.screenshot(path=str(SHOTS / "9-cancelled.png"), full_page=True)
+
+
+def _version(server) -> int:  # type: ignore[no-untyped-def]
+    return int(db_query(server, "from core import playbook as P; print(P.get_playbook('demo').current_version)"))
+
+
+def _metric(page, label: str) -> str:  # type: ignore[no-untyped-def]
+    return page.locator("[data-testid='stMetric']", has_text=label).locator(
+        "[data-testid='stMetricValue']").first.inner_text()
+
+
+def test_adding_a_bullet_shows_the_new_version_at_once(server, page) -> None:  # type: ignore[no-untyped-def]
+    before = _version(server)
+    page.goto(f"{server['url']}/playbook?playbook=demo&tab=Bullets")
+    page.get_by_text("Add a bullet").first.click()
+    page.get_by_label("Content").fill("Close files with a with-block, even in short scripts")
+    page.get_by_role("button", name="Add").click()
+    page.get_by_text(f"version {before + 1}").first.wait_for(timeout=30_000)  # the toast
+    settle(page)
+    assert _metric(page, "version") == str(before + 1)  # the header read the new version, no reload
+    assert _version(server) == before + 1
+    page.screenshot(path=str(SHOTS / "10-added.png"), full_page=True)
+
+
+def test_an_import_shows_its_result_and_the_new_version(server, page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    before = _version(server)
+    tips = tmp_path / "tips.md"
+    tips.write_text("# Tips\n\n## testing\n- Run the failing test alone first\n- Read the whole traceback\n")
+    page.goto(f"{server['url']}/playbook?playbook=demo")
+    page.get_by_role("tab", name="Import / export").click()
+    page.locator("input[type='file']").first.set_input_files(str(tips))
+    assert "tab=Import" in page.url  # the URL follows the tab: a copied link reopens it
+    page.get_by_role("button", name="Import", exact=True).click()
+    page.get_by_text("Imported 2 bullets from tips.md").first.wait_for(timeout=30_000)
+    settle(page)
+    assert _metric(page, "version") == str(before + 1)
+    page.screenshot(path=str(SHOTS / "11-imported.png"), full_page=True)
+
+
+def test_links_that_do_not_resolve_say_so_and_leave_the_url(server, page) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{server['url']}/playbook?playbook=nope&diff=99..100")
+    page.get_by_text("There is no playbook 'nope'").first.wait_for()
+    settle(page)
+    assert "playbook=nope" in page.url  # not quietly switched to another playbook
+    page.goto(f"{server['url']}/playbook?playbook=demo&delta=d-bogus")
+    page.get_by_text("There is no delta 'd-bogus'").first.wait_for()
+    page.goto(f"{server['url']}/playbook?playbook=demo&diff=99..100")
+    page.get_by_text("asks for the diff '99..100'").first.wait_for()
+    settle(page)
+    assert "diff=99..100" in page.url
+    page.screenshot(path=str(SHOTS / "12-bad-link.png"), full_page=True)
