@@ -4,7 +4,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import bench, views
+from core import bench, curves, views
 from ui import safe
 from ui.components import friendly_errors, query_param
 
@@ -16,15 +16,15 @@ with friendly_errors("draw the learning curves"):
     want = query_param("playbook")
     pb = st.selectbox("Playbook", pbs, index=pbs.index(want) if want in pbs else 0)
     pid = None if pb == "(all)" else pb
-    df = views.learning_frame(pid)
-    vdf = views.versions_frame(pid)
+    df = curves.learning_frame(pid)
+    vdf = curves.versions_frame(pid)
     for frame in (df, vdf):  # playbook names are legend entries and hovers: plotly renders <a href> in them
         if not frame.empty:
             frame["playbook"] = frame["playbook"].map(safe.plotly_text)
     names = sorted(set(df["playbook"]) | set(vdf["playbook"])) if not (df.empty and vdf.empty) else []
     palette = px.colors.qualitative.Plotly
     cmap = {n: palette[i % len(palette)] for i, n in enumerate(names)}  # one colour per playbook on every chart
-    left_out = views.episodes_left_out(pid)
+    left_out = curves.episodes_left_out(pid)
     if left_out:
         safe.caption("Counted: finished model episodes, which learn. Left out: "
                      + ", ".join(f"{n} {what}" for what, n in left_out.items())
@@ -90,7 +90,7 @@ with friendly_errors("show benchmark runs"):
         st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
         labels = {r["id"]: f"{r['suite']} · {r['id']}" for r in runs}
         picked = st.selectbox("Run", list(labels), format_func=lambda r: safe.label(labels[r]), key="ace_run")
-        by_epoch = views.ace_by_epoch(picked)
+        by_epoch = curves.ace_by_epoch(picked)
         if not by_epoch.empty:
             fig = px.line(by_epoch, x="stage", y="pass rate", color="tasks", markers=True, range_y=[-0.05, 1.05],
                           title="Success by epoch: the baseline, then ACE as its playbook grows",

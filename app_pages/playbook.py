@@ -5,8 +5,8 @@ import difflib
 
 import streamlit as st
 
+from core import curves, views
 from core import playbook as P
-from core import views
 from core.playbook import portability, versions
 from core.storage.models import DeltaOp
 from ui import outcome, safe
@@ -293,7 +293,7 @@ with tab_bullets, friendly_errors("show bullets"):
 # ------------------------------------------------------------------ versions
 with tab_versions, friendly_errors("show versions"):
     if tab_versions.open:  # lazy: only the tab on screen is computed and sent
-        vdf = views.versions_frame(pid)
+        vdf = curves.versions_frame(pid)
         numbers = sorted(vdf["version"].tolist(), reverse=True) if not vdf.empty else [0]
         st.dataframe(vdf.sort_values("version", ascending=False)[["version", "created", "bullets", "tokens", "summary",
                                                                     "delta"]],

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from core import curves
 from core import playbook as P
 from core.loop import TaskSpec, run_episode
 from core.storage.db import read_session
@@ -158,9 +159,8 @@ def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
 
 def test_learning_curves_count_only_model_episodes(populated) -> None:
     """The populated database has one model episode and one run of given code: only the first is learning."""
-    from core import views
 
-    assert len(views.learning_frame("stats")) == 1
+    assert len(curves.learning_frame("stats")) == 1
     at = app("app_pages/learning.py", playbook="stats")
     assert next(m.value for m in at.metric if m.label == "episodes") == "1"
     assert any("1 runs of given code \\(no model\\)" in c.value for c in at.caption), [c.value for c in at.caption]
