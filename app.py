@@ -21,6 +21,7 @@ pages = [
     st.Page("app_pages/playground.py", title="Playground", icon="🧪", default=True),
     st.Page("app_pages/trace.py", title="Execution trace", icon="🔎"),
     st.Page("app_pages/reflection.py", title="Reflections", icon="🔍"),
+    st.Page("app_pages/compare.py", title="Compare", icon="⚖️"),
     st.Page("app_pages/playbook.py", title="Playbooks", icon="📒"),
     st.Page("app_pages/learning.py", title="Learning curves", icon="📈"),
     st.Page("app_pages/benchmarks.py", title="Benchmarks", icon="🏁"),

@@ -4,13 +4,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import bench, worker
+from core import bench, compare, worker
 from core.bench import suites
 from core.config import get_settings
 from ui import safe
 from ui.components import call, friendly_errors, llm_missing_message, query_param
 
 settings = get_settings()
+PAIRS_SHOWN = 50
 safe.title("🏁 Benchmarks")
 
 with friendly_errors("list suites"), st.expander("Start a benchmark run", expanded=not bench.list_runs(1)):
@@ -124,3 +125,21 @@ with friendly_errors("show benchmark runs"):
                                                                                           format="%.0f ms")})
 
     show_run()
+
+    with friendly_errors("list the tasks"):
+        pairs = compare.bench_pairs(run_id)
+        if not pairs.empty:
+            safe.subheader("Per task: the baseline against ACE on the held-out split")
+            safe.caption("The same task without and with the playbook. Open a pair to see both episodes side by side.")
+            shown = pairs.head(PAIRS_SHOWN)
+            for row in shown.itertuples():
+                c1, c2, c3, c4 = st.columns([3, 1, 1, 2], vertical_alignment="center")
+                c1.text(str(row.task))
+                c2.text(("✅" if row.baseline_passed else "❌") + " baseline" if isinstance(row.baseline_episode, str)
+                        else "- baseline")
+                c3.text(("✅" if row.ace_passed else "❌") + " ACE" if isinstance(row.ace_episode, str) else "- ACE")
+                if isinstance(row.baseline_episode, str) and isinstance(row.ace_episode, str):
+                    c4.page_link("app_pages/compare.py", label=safe.label(f"compare {row.task}"), icon="⚖️",
+                                 query_params={"a": row.baseline_episode, "b": row.ace_episode})
+            if len(pairs) > PAIRS_SHOWN:
+                safe.caption(f"{len(pairs) - PAIRS_SHOWN} more tasks: the CSV export has them all.")

@@ -37,6 +37,11 @@ with friendly_errors("draw the learning curves"):
         c[1].metric("success rate", safe.label(f"{df['success'].mean():.0%}"))
         c[2].metric("mean attempts", safe.label(f"{df['attempts'].mean():.2f}"))
         c[3].metric("tokens", safe.label(f"{int(df['tokens'].sum()):,}"))
+        if len(df) >= 2:  # the first episode beside the latest: what learning changed, in one click
+            st.page_link("app_pages/compare.py", icon="⚖️",
+                         label=safe.label(f"Compare the first episode with the latest ({df['id'].iloc[0]} and "
+                                          f"{df['id'].iloc[-1]})"),
+                         query_params={"a": str(df["id"].iloc[0]), "b": str(df["id"].iloc[-1])})
         # thousands of episodes: about 1,000 points per playbook (every k-th episode; the success line is a
         # rolling mean already) and no per-episode dots: 10,000 SVG markers took 10 s to draw
         big = len(df) > 2000

@@ -15,6 +15,7 @@ from core.episodes.store import (
     learned_delta,
     mark_interrupted,
     new_episode,
+    rerun_spec,
     submit_episode,
 )
 from core.episodes.trace import Trace
@@ -22,4 +23,4 @@ from core.playbook.lines import marked_bullet_ids as extract_bullet_ids
 
 __all__ = ["EpisodeResult", "EventSink", "Roles", "TaskSpec", "Trace", "TraceEvent", "cancel_episode", "create_episode",
            "create_learn_episode", "episode_events", "extract_bullet_ids", "learn", "learned_delta",
-           "mark_interrupted", "new_episode", "reflect_and_curate", "run_episode", "submit_episode"]
+           "mark_interrupted", "new_episode", "reflect_and_curate", "rerun_spec", "run_episode", "submit_episode"]

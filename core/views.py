@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, text
 from sqlmodel import col, select
 from sqlmodel.sql.expression import Select
 
+from core.playbook import active_bullets, bullet_line
 from core.storage.db import read_session
 from core.storage.models import (
     Bullet,
@@ -49,6 +50,27 @@ def episodes_frame(playbook_id: Optional[str] = None, status: Optional[str] = No
                                      "task"])
     df["task"] = df["task"].str.slice(0, 120)
     return df
+
+
+def playbook_bullets(playbook_id: str) -> list[str]:
+    """The playbook's active bullets as a prompt shows them ([id] helpful=... :: content)."""
+    return [bullet_line(b) for b in active_bullets(playbook_id)]
+
+
+def comparable_episodes(ep: Episode, limit: int = 50) -> dict[str, str]:
+    """Other finished episodes to put beside `ep` (id -> label): its re-runs and the same task first."""
+    with read_session() as s:
+        same = s.exec(select(Episode).where(Episode.id != ep.id, Episode.task == ep.task,
+                                            col(Episode.status).not_in(["queued", "running"]))
+                      .order_by(col(Episode.created_at).desc()).limit(limit)).all()
+        latest = s.exec(select(Episode).where(Episode.id != ep.id, col(Episode.status).not_in(["queued", "running"]))
+                        .order_by(col(Episode.created_at).desc()).limit(limit)).all()
+    out: dict[str, str] = {}
+    for e in [*same, *latest]:
+        if e.id not in out and len(out) < limit:
+            verdict = "passed" if e.success else e.status
+            out[e.id] = f"{'same task · ' if e.task == ep.task else ''}{e.id} · {verdict} · {e.task[:60]}"
+    return out
 
 
 def get_episode(episode_id: str) -> Optional[Episode]:

@@ -15,7 +15,7 @@ from tests.support import open_app, wait_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ["app_pages/playground.py", "app_pages/trace.py", "app_pages/reflection.py", "app_pages/playbook.py",
-         "app_pages/learning.py", "app_pages/benchmarks.py"]
+         "app_pages/learning.py", "app_pages/benchmarks.py", "app_pages/compare.py"]
 
 
 app = open_app
@@ -151,6 +151,14 @@ def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
     charts = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Held-out test split" in c for c in charts)
     assert run_id in at.dataframe[0].value["run"].tolist()
+    pairs = [p for p in at.get("page_link") if p.proto.page == "compare"]  # per task: baseline against ACE
+    assert pairs, [p.proto.label for p in at.get("page_link")]
+    query = dict(kv.split("=") for kv in pairs[0].proto.query_string.split("&"))
+    from core import views
+
+    assert views.get_episode(query["a"]).bench_run_id == run_id == views.get_episode(query["b"]).bench_run_id
+    compared = app("app_pages/compare.py", **query)
+    assert compared.dataframe[0].value["A"].iloc[0]  # the verdict row, both sides filled
     learning_page = app("app_pages/learning.py")
     learning = [c.proto.spec for c in learning_page.get("plotly_chart")]
     assert any("baseline vs ACE" in c for c in learning) and any("Success by epoch" in c for c in learning)

@@ -65,19 +65,27 @@ def retrieval_label() -> tuple[str, str]:
 
 
 def sidebar_status() -> None:
+    """What a stakeholder needs first, in their words; the technical details (endpoint, isolation, ranking
+    weights) one click away."""
     s = get_settings()
     with st.sidebar:
         safe.caption("Status")
-        if s.llm_configured:
-            safe.markdown(safe.md_format("**Model** {}  \n{}", s.model, s.openai_base_url or "OpenAI"))
-        else:
-            safe.markdown(safe.md("**Model** not configured"))
-        safe.markdown(safe.md_format("**Sandbox** {}  \n{}", s.sandbox_backend, isolation_label(s.sandbox_backend)))
-        safe.markdown(safe.md_format("**Review** {}", s.review_mode))
-        safe.markdown(safe.md_format("**Retrieval** {}  \nweights: {}", *retrieval_label()))
+        safe.markdown(safe.md_format("**Model**: {}", s.model) if s.llm_configured
+                      else safe.md("**Model**: none yet. Runs of your own code still work."))
+        safe.markdown(safe.md_format("**Code runs**: isolated in a sandbox {}",
+                                     "in E2B's cloud" if s.sandbox_backend == "e2b" else "on this machine"))
+        safe.markdown(safe.md_format("**What it learns**: {}", "applied at once, every change a new version"
+                                     if s.review_mode == "auto" else "waits for your review"))
         n = views.count_pending()
         if n:
             st.page_link("app_pages/playbook.py", label=safe.label(f"{n} delta(s) waiting for review"), icon="📝")
+        with st.expander("Technical details"):
+            if s.llm_configured:
+                safe.markdown(safe.md_format("**Model** {}  \n{}", s.model, s.openai_base_url or "OpenAI"))
+            safe.markdown(safe.md_format("**Sandbox** {}  \n{}", s.sandbox_backend,
+                                         isolation_label(s.sandbox_backend)))
+            safe.markdown(safe.md_format("**Review** {}", s.review_mode))
+            safe.markdown(safe.md_format("**Retrieval** {}  \nweights: {}", *retrieval_label()))
 
 
 def llm_missing_message() -> safe.Md:
@@ -368,8 +376,21 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
     if views.reflection_for(ep.id):
         links.append(("app_pages/reflection.py", "Open the reflection", "🔍", {"episode": ep.id}))
     links.append(("app_pages/playbook.py", f"Playbook {ep.playbook_id}", "📒", {"playbook": ep.playbook_id}))
-    for col, (page, label, icon, params) in zip(st.columns(3), links):
-        col.page_link(page, label=safe.label(label), icon=icon, query_params=params)
+    if ep.status not in ("queued", "running"):
+        links.append(("app_pages/playground.py", "Re-run with edits", "🔁", {"rerun": ep.id}))
+    if ep.rerun_of:
+        links.append(("app_pages/compare.py", f"Compare with {ep.rerun_of}, which it re-ran", "⚖️",
+                      {"a": ep.rerun_of, "b": ep.id}))
+    for start in range(0, len(links), 3):
+        for col, (page, label, icon, params) in zip(st.columns(3), links[start:start + 3]):
+            col.page_link(page, label=safe.label(label), icon=icon, query_params=params)
+    others = views.comparable_episodes(ep)
+    if others:
+        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+        other = c1.selectbox("Compare with", list(others), format_func=lambda i: safe.label(others[i]),
+                             key=f"compare-with-{ep.id}", help="The same task first, then the latest episodes")
+        c2.page_link("app_pages/compare.py", label="Compare side by side", icon="⚖️",
+                     query_params={"a": ep.id, "b": other})
 
 
 def live_trace(episode_id: str, focus_call: Optional[str] = None) -> None:

@@ -29,6 +29,7 @@ class TaskSpec(BaseModel):
     learn: bool = True  # False: evaluate with the playbook frozen (benchmark test split)
     bench_run_id: Optional[str] = None
     workflow: Literal["single", "review"] = "single"  # review: generator, reviewer, optimizer (core/episodes/review.py)
+    rerun_of: Optional[str] = Field(default=None, max_length=64)  # the episode this re-runs (with edits)
 
 
 @dataclass

@@ -39,7 +39,7 @@ def new_episode(spec: TaskSpec, settings: Optional[Settings] = None, job_id: Opt
                  review_mode=spec.review_mode or pb_review or settings.review_mode,
                  routing_reason=reason, backend=spec.backend or settings.sandbox_backend,
                  model=settings.model if spec.mode == "llm" else "", code=spec.code, job_id=job_id,
-                 bench_run_id=spec.bench_run_id)
+                 bench_run_id=spec.bench_run_id, rerun_of=spec.rerun_of, workflow=spec.workflow)
     return ep
 
 
@@ -62,6 +62,17 @@ def submit_episode(spec: TaskSpec) -> tuple[str, str]:
     with row_writer() as w:
         w.add([job, ep])
     return ep.id, job.id
+
+
+def rerun_spec(episode_id: str) -> TaskSpec:
+    """What the episode was asked, as a spec to edit and run again (it links back to this episode): its task,
+    tests, expected output, playbook and settings, or its code for a run of given code."""
+    ep = load_episode(episode_id)
+    return TaskSpec(task=ep.task, language=ep.language, tests=ep.tests, expected_output=ep.expected_output,
+                    ground_truth=ep.ground_truth, playbook_id=ep.playbook_id, max_iterations=ep.max_iterations,
+                    review_mode=ep.review_mode, mode=ep.mode if ep.mode in ("llm", "sandbox_only") else "llm",
+                    code=ep.code if ep.mode == "sandbox_only" else None, workflow=ep.workflow,
+                    rerun_of=ep.id)
 
 
 def cancel_episode(episode_id: str, wait_s: float = 2.0) -> str:

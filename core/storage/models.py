@@ -173,6 +173,8 @@ class Episode(SQLModel, table=True):
     delta_id: Optional[str] = None
     job_id: Optional[str] = Field(default=None, index=True)
     bench_run_id: Optional[str] = Field(default=None, index=True)
+    rerun_of: Optional[str] = Field(default=None, index=True)  # the episode this one re-ran, with edits
+    workflow: str = Field(default="single", sa_column_kwargs={"server_default": "single"})  # single | review
     created_at: datetime = _ts(index=True)
     started_at: Optional[datetime] = _ts(nullable=True)
     finished_at: Optional[datetime] = _ts(nullable=True)
