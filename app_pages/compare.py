@@ -27,9 +27,9 @@ with friendly_errors("compare the episodes"):
 
     p1, p2 = st.columns(2)
     a = str(p1.selectbox("Episode A", ids, index=ids.index(a) if a in ids else min(1, len(ids) - 1), key="cmp_a",
-                         format_func=lambda i: safe.label(labels[i]), on_change=_picked))
+                         format_func=labels.__getitem__, on_change=_picked))
     b = str(p2.selectbox("Episode B", ids, index=ids.index(b) if b in ids else 0, key="cmp_b",
-                         format_func=lambda i: safe.label(labels[i]), on_change=_picked))
+                         format_func=labels.__getitem__, on_change=_picked))
     sides = {"A": compare.side(a), "B": compare.side(b)}
     missing = [f"{k} ({i})" for k, i, sd in (("A", a, sides["A"]), ("B", b, sides["B"])) if sd is None]
     if missing:

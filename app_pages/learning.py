@@ -94,7 +94,7 @@ with friendly_errors("show benchmark runs"):
         fig.update_traces(textposition="outside")
         st.plotly_chart(fig.update_layout(yaxis_tickformat=".0%", **LEGEND), width="stretch")
         labels = {r["id"]: f"{r['suite']} · {r['id']}" for r in runs}
-        picked = st.selectbox("Run", list(labels), format_func=lambda r: safe.label(labels[r]), key="ace_run")
+        picked = st.selectbox("Run", list(labels), format_func=labels.__getitem__, key="ace_run")
         by_epoch = curves.ace_by_epoch(picked)
         if not by_epoch.empty:
             fig = px.line(by_epoch, x="stage", y="pass rate", color="tasks", markers=True, range_y=[-0.05, 1.05],

@@ -387,7 +387,7 @@ def render_trace(episode_id: str, focus_call: Optional[str] = None) -> None:
     others = views.comparable_episodes(ep)
     if others:
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        other = c1.selectbox("Compare with", list(others), format_func=lambda i: safe.label(others[i]),
+        other = c1.selectbox("Compare with", list(others), format_func=others.__getitem__,
                              key=f"compare-with-{ep.id}", help="The same task first, then the latest episodes")
         c2.page_link("app_pages/compare.py", label="Compare side by side", icon="⚖️",
                      query_params={"a": ep.id, "b": other})
