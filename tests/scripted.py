@@ -31,6 +31,17 @@ def add(content: str, section: str = "pitfalls") -> dict[str, Any]:
             "evidence": "execution output"}
 
 
+def unhelpful_model(req: dict[str, Any]) -> dict[str, Any]:
+    """A fake server's answer to any role (read from the system prompt): code that prints the wrong thing,
+    a reflection, an empty delta. Enough to run benchmarks and re-runs end to end."""
+    system = req["messages"][0]["content"]
+    if "reviewer of code executions" in system:
+        return refl()
+    if "curator" in system:
+        return cur()
+    return gen("print('no idea')")
+
+
 # ------------------------------------------------------------------ scripted roles, no HTTP
 #
 # Roles that answer from a script in this process, for cases about what the loop does with an answer

@@ -10,7 +10,7 @@ from core import playbook as P
 from core.loop import TaskSpec, run_episode
 from core.storage.db import read_session
 from core.storage.models import Delta, DeltaOp
-from tests.scripted import add, cur, gen, refl
+from tests.scripted import add, cur, gen, refl, unhelpful_model
 from tests.support import open_app, wait_for
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -142,7 +142,7 @@ def test_version_diff_and_restore(populated) -> None:
 def test_benchmarks_page_shows_a_finished_run(fake_llm) -> None:
     from core import bench, jobs
 
-    fake_llm.default = lambda req: _bench_reply(req)
+    fake_llm.default = unhelpful_model
     run_id = bench.start_bench("python", epochs=1, split=0.5, limit=2, concurrency=1)
     jobs.run_worker(max_jobs=1, poll_s=0.05)
     assert bench.bench_progress(run_id)["status"] == "done"
@@ -172,12 +172,3 @@ def test_learning_curves_count_only_model_episodes(populated) -> None:
     at = app("app_pages/learning.py", playbook="stats")
     assert next(m.value for m in at.metric if m.label == "episodes") == "1"
     assert any("1 runs of given code \\(no model\\)" in c.value for c in at.caption), [c.value for c in at.caption]
-
-
-def _bench_reply(req: dict) -> dict:
-    system = req["messages"][0]["content"]
-    if "expert programmer" in system:
-        return gen("print('no idea')")
-    if "reviewer of code executions" in system:
-        return refl()
-    return cur()

@@ -10,27 +10,18 @@ from pathlib import Path
 import pytest
 
 from tests.fake_llm import FakeLLM
-from tests.scripted import cur, gen, refl
+from tests.scripted import unhelpful_model
 from tests.support import SHOTS, chromium_page, running_app, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def reply(req: dict) -> dict:
-    system = req["messages"][0]["content"]
-    if "reviewer of code executions" in system:
-        return refl("print the answer the task asks for")
-    if "curator" in system:
-        return cur()
-    return gen("print('no idea')")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     db = tmp_path_factory.mktemp("e2e-compare") / "ace.db"
     fake = FakeLLM()
-    fake.default = reply
+    fake.default = unhelpful_model
     fake.start()
     env = {k: v for k, v in os.environ.items() if k not in ("E2B_API_KEY",)}
     env.update(ACE_DB_URL=f"sqlite:///{db}", ACE_WORKER_IN_APP="1", OPENAI_BASE_URL=fake.base_url,
