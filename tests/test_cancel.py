@@ -103,3 +103,15 @@ def test_cancel_reaches_a_worker_in_another_process(db_url: str) -> None:
     finally:
         worker.kill()
         worker.wait(10)
+
+
+def test_cancel_ends_an_agents_learn_request_as_cancelled(fake_llm) -> None:
+    """An agent's episodes/learn job waits on the Reflector: cancelled, its episode says so (not 'running')."""
+    fake_llm.reply(Delay(60, {"reasoning": "too late"}))
+    job_id = jobs.enqueue("learn", {"playbook_id": "agents", "user_message": "task", "trajectory": "it failed"})
+    worker = in_thread_worker()
+    wait_for(lambda: len(fake_llm.chat_requests()) == 1, timeout=30, message="the Reflector was never called")
+    episode_id = jobs.get_job(job_id).payload["episode_id"]
+    took = cancel_and_time(job_id, episode_id)
+    assert took < LIMIT_S, took
+    worker.join(10)

@@ -30,6 +30,8 @@ from core.episodes.outcome import stored_totals, zero_totals
 from core.episodes.spec import Roles
 from core.episodes.store import check_cancel, learned_delta, load_episode, update_episode
 from core.episodes.trace import StepError, Trace, step_name
+from core.interrupts import Interrupted
+from core.jobs import TAKEN_OVER
 from core.playbook import OpIn, bullet_line, ensure_playbook, get_bullet, render, retrieve, submit_delta
 from core.playbook.lines import marked_bullet_ids
 from core.retrieval import similar_pairs
@@ -220,6 +222,12 @@ def learn(playbook_id: str, user_message: str, trajectory: str, ground_truth: Op
     try:  # learning is the whole job here: an unusable reply fails it, so the job's retry can run it again
         out = reflect_and_curate(trace, roles, ep, user_message, [attempt], used, ground_truth, outcome[:500],
                                  totals, job_id, reflector_instructions, curator_instructions, skip_unusable=False)
+    except Interrupted as exc:  # cancelled (a BaseException, so not a failure below)
+        if exc.reason != TAKEN_OVER:  # another worker runs this request now: its record is theirs to write
+            trace.emit("error", ErrorPayload(step="learn", message="cancelled by request"))
+            update_episode(ep.id, status="cancelled", error="cancelled by request", finished_at=utcnow(),
+                           **stored_totals(totals))
+        raise
     except Exception as exc:
         step, cause = (exc.step, exc.cause) if isinstance(exc, StepError) else ("learn", exc)
         message = f"{step} failed: {cause}"
