@@ -361,3 +361,20 @@ def test_the_database_password_is_a_secret(settings_env) -> None:  # type: ignor
     assert "a-long-database-password-42" not in redact(echoed)
     assert "a-long-database-password-42" not in scrub_for_storage(echoed)
     assert db.shown_url(s.db_url).endswith("://ace:***@db.internal:5432/ace")  # what `ace worker` prints
+
+
+@pytest.mark.both_dbs
+def test_work_after_a_write_runs_once_its_connection_is_back(db_url: str) -> None:
+    """Embedding after a write opens connections of its own: it must not run while the write still holds one
+    (writers filling the pool would each wait for a second connection)."""
+    engine = db.get_engine()
+    seen: list[object] = []
+    with db.write_session() as s:
+        s.connection()
+        db.after_session(s, lambda: seen.append(engine.pool.checkedout()))  # type: ignore[attr-defined]
+        assert seen == []
+    assert seen == [0]
+    with pytest.raises(RuntimeError), db.write_session() as s:
+        db.after_session(s, lambda: seen.append("ran after a failed write"))
+        raise RuntimeError("the write fails")
+    assert seen == [0]

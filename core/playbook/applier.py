@@ -23,7 +23,7 @@ from core.playbook.ops import (
 from core.playbook.store import ENV_PREFIX
 from core.retrieval import bullets_where, detached_copy, index_committed
 from core.retrieval.embeddings import embed_after_write
-from core.storage.db import connection_writer
+from core.storage.db import after_session, connection_writer
 from core.storage.models import Bullet, BulletRevision, Delta, Playbook, PlaybookVersion, utcnow
 from core.tokens import estimate_tokens
 
@@ -230,10 +230,11 @@ class Applier:
 
 
 def _embed_after_commit(session: Session, pks: list[int]) -> None:
-    """Embed the touched bullets once (and only if) this transaction commits; never on the query path."""
+    """Embed the touched bullets once (and only if) this transaction commits, after the session has given
+    its connection back; never on the query path."""
     if not pks or get_settings().embedder == "none":
         return
-    event.listen(session, "after_commit", lambda _s: embed_after_write(pks), once=True)
+    after_session(session, lambda: embed_after_write(pks))
 
 
 def _index_after_commit(session: Session, playbook_id: str, old: int, new: int, bullets: list[Bullet]) -> None:

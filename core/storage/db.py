@@ -249,12 +249,30 @@ def write_session(url: str | None = None) -> Iterator[Session]:
     engine = get_engine(url)
     bound = engine.execution_options(immediate=True) if is_sqlite(engine) else engine
     with _write_lock(engine), Session(bound, expire_on_commit=False) as session:
+        session.info[_AFTER] = []
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+        after = session.info.pop(_AFTER)
+    for fn in after:  # committed, the connection back in the pool and the write lock released
+        fn()
+
+
+_AFTER = "ace_after_session"
+
+
+def after_session(session: Session, fn: Any) -> None:
+    """Run `fn()` once the write session has committed and given its connection back: follow-up work that
+    opens its own connections (embedding the bullets just written) must not hold this one meanwhile, or a
+    busy pool of writers could wait on itself. Outside `write_session`, right after the commit."""
+    pending = session.info.get(_AFTER)
+    if pending is not None:
+        pending.append(fn)
+    else:
+        event.listen(session, "after_commit", lambda _s: fn(), once=True)
 
 
 def connection_writer(conn: Connection) -> "RowWriter":
