@@ -68,10 +68,8 @@ def side(episode_id: str) -> Optional[Side]:
             for b in p.get("bullet_ids") or []:
                 if b not in out.used:
                     out.used.append(str(b))
-        elif e.kind == "execute":
-            slot.setdefault("code", p.get("code") or "")
-            if not slot["code"]:
-                slot["code"] = p.get("code") or ""
+        elif e.kind == "execute" and not slot.get("code"):  # a run of given code has no generate step
+            slot["code"] = p.get("code") or ""
         elif e.kind == "evaluate":
             slot["passed"] = bool(p.get("passed"))
             total, failed = int(p.get("total") or 0), len(p.get("failed") or [])

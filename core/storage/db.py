@@ -29,6 +29,7 @@ from sqlmodel import Session, SQLModel, create_engine
 from core.config import get_settings
 from core.errors import Missing
 from core.redaction import scrub_params
+from core.storage.postgres import engine_options, scrub_json_objects
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -113,24 +114,9 @@ def _install_scrub_hook(engine: Engine) -> None:
                _executemany: bool) -> tuple[str, Any]:
         if parameters and not _is_read(statement):
             if postgres:
-                parameters = _scrub_json_objects(parameters)
+                parameters = scrub_json_objects(parameters)
             parameters = scrub_params(parameters)
         return statement, parameters
-
-
-def _scrub_json_objects(parameters: Any) -> Any:
-    """psycopg receives JSON columns as `Json(obj)` wrappers, not text: scrub the objects they carry."""
-    from psycopg.types.json import Json
-
-    def one(v: Any) -> Any:
-        return Json(scrub_params({"v": v.obj})["v"], dumps=v.dumps) if isinstance(v, Json) else v
-
-    if isinstance(parameters, dict):
-        return {k: one(v) for k, v in parameters.items()}
-    if isinstance(parameters, (list, tuple)):
-        return type(parameters)(_scrub_json_objects(p) if isinstance(p, (dict, list, tuple)) else one(p)
-                                for p in parameters)
-    return parameters
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -146,7 +132,7 @@ def get_engine(url: str | None = None) -> Engine:
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 kwargs["connect_args"] = {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
             elif parsed.get_backend_name() == "postgresql":
-                kwargs.update(_postgres_options())
+                kwargs.update(engine_options())
             engine = create_engine(parsed, **kwargs)
             _install_scrub_hook(engine)
             if is_sqlite(engine):
@@ -154,23 +140,6 @@ def get_engine(url: str | None = None) -> Engine:
             upgrade(engine)
             _engines[url] = engine
     return engine
-
-
-def _postgres_options() -> dict[str, object]:
-    """Pool and connection options for PostgreSQL.
-
-    A process holds at most pool + overflow connections, plus one for LISTEN (`core.storage.wakeups`):
-    with the defaults (3 + 4 + 1) eight workers, two services and the app stay within PostgreSQL's default
-    100. `pool_pre_ping` tests a connection before use, so after the server restarts a process reconnects
-    instead of failing its next statement."""
-    s = get_settings()
-    return {
-        "pool_size": s.db_pool_size,
-        "max_overflow": s.db_max_overflow,
-        "pool_pre_ping": True,
-        "pool_timeout": 30,
-        "connect_args": {"application_name": "ace-playground", "connect_timeout": 10},
-    }
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
