@@ -35,6 +35,8 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support import stop_process  # noqa: E402
+
 PAIRS = ROOT / "data" / "retrieval_pairs.jsonl"
 
 
@@ -214,11 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"\ntarget (>= 500 req/s and p99 <= 50 ms at concurrency {a.concurrency}): "
               f"{'met' if ok else 'NOT met'} ({r['rps']:.0f} req/s, p99 {r['p99']:.1f} ms)")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         tmp.cleanup()
     return 0
 

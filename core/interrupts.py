@@ -4,7 +4,7 @@ A job runs inside `interruptible(interrupt)`. Whoever learns that the job was ca
 at once, a database wake-up or a heartbeat from elsewhere) calls `interrupt.set()`. Every blocking wait of
 the job then ends within a fraction of a second: a model call waits with `wait_until` (its reply, its
 deadline or the interrupt, whichever comes first), the sandbox's output loop looks at `is_interrupted()`
-between reads, and E2B's blocking call is ended by `on_interrupt` killing its sandbox. What was stopped
+between reads, and E2B's blocking call is abandoned (its sandbox killed). What was stopped
 raises `Interrupted`, a BaseException like KeyboardInterrupt, so no `except Exception` on the way mistakes
 a cancel for a failed attempt.
 """
@@ -96,17 +96,6 @@ def check() -> None:
     found = _current.get()
     if found is not None and found.is_set():
         raise Interrupted(found.reason)
-
-
-@contextmanager
-def on_interrupt(fn: Callable[[], None]) -> Iterator[None]:
-    """Call `fn` (from the interrupting thread) if the current work is interrupted during the block."""
-    found = _current.get()
-    if found is None:
-        yield
-        return
-    with found.callback(fn):
-        yield
 
 
 def wait_until(ready: threading.Event, timeout: float) -> bool:

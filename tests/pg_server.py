@@ -65,11 +65,7 @@ class ThrowawayPostgres:
         self._run(str(self.bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                   "--no-sync", "--locale=C")
         self.port = free_port()
-        opts = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off "
-                f"-c full_page_writes=off")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(self.folder / "log"),
-                  "-w", "-t", "60", "start")
+        self._launch()
         return self
 
     def restart(self, mode: str = "fast") -> None:
@@ -77,10 +73,16 @@ class ThrowawayPostgres:
         assert self.folder is not None and self.bin is not None
         data = self.folder / "data"
         self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop")
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start the server on `self.port`: loopback only, fast and unsafe settings fit for a throwaway."""
+        assert self.folder is not None and self.bin is not None
         opts = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
-                f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(self.folder / "log"),
-                  "-w", "-t", "60", "start")
+                f"-c max_connections={self.max_connections} -c fsync=off -c synchronous_commit=off "
+                f"-c full_page_writes=off")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.folder / "data"), "-o", opts, "-l",
+                  str(self.folder / "log"), "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         if self.folder is None:

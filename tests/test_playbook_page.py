@@ -59,13 +59,6 @@ def test_plain_message_names_the_field() -> None:
     assert msg.startswith("content:") and "pydantic" not in msg and "https://" not in msg
 
 
-def test_an_import_shows_its_result_and_the_new_version(stats: str) -> None:
-    data = b"## testing\n- Run the tests before you commit\n- Keep tests fast\n"
-    version = portability.import_playbook(stats, data)[1]
-    at = open_app(PAGE, playbook=stats)
-    assert metric(at, "version") == str(version) and metric(at, "active bullets") == "3"
-
-
 def test_markdown_import_takes_plain_lists() -> None:
     fmt, items, _ = portability.parse("# Tips\n\n## Testing\n- Run the tests first\n* Keep them fast\n\n"
                                       "### Data\n1. Validate input at the edge\nprose is not a bullet\n")

@@ -81,9 +81,10 @@ def claim(worker_id: str, kinds: Optional[list[str]] = None) -> Optional[Job]:
         job = s.exec(stmt).first()
         if job is None:
             return None
+        now = db_clock(s)
         s.execute(update(Job).where(col(Job.id) == job.id).values(
-            status="running", worker_id=worker_id, attempts=Job.attempts + 1, started_at=db_clock(s),
-            heartbeat_at=db_clock(s), error=None))
+            status="running", worker_id=worker_id, attempts=Job.attempts + 1, started_at=now, heartbeat_at=now,
+            error=None))
         s.refresh(job)
         return job
 

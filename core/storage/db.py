@@ -307,7 +307,7 @@ class RowWriter:
         """Insert rows given as column dicts or new table objects (whose defaults are already filled)."""
         by_cols: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:
-            values = row if isinstance(row, dict) else _row_values(row)
+            values = row if isinstance(row, dict) else row_values(row)
             by_cols.setdefault(tuple(values), []).append(values)
         for cols, group in by_cols.items():
             if self.core is not None:
@@ -319,7 +319,7 @@ class RowWriter:
     def insert_one(self, row: SQLModel) -> Any:
         """Insert one new table object; its generated primary key."""
         table = type(row).__table__  # type: ignore[attr-defined]
-        values = _row_values(row)
+        values = row_values(row)
         if self.core is not None:
             key = self.core.execute(insert(table).values(**values)).inserted_primary_key
             assert key is not None  # a single-row INSERT always reports its key
@@ -384,11 +384,6 @@ def _named(sql: str, params: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     return text(sql), {f"p{i}": v for i, v in enumerate(params)}
 
 
-def row_values(row: SQLModel) -> dict[str, Any]:
-    """A table object's column values, as an INSERT takes them (an unset primary key left out)."""
-    return _row_values(row)
-
-
 def insert_unless_present(conn: Connection, table: Table, values: dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING: True when this call inserted the row. Two transactions inserting
     the same key at once both succeed; the second waits for the first and then inserts nothing."""
@@ -401,7 +396,8 @@ def insert_unless_present(conn: Connection, table: Table, values: dict[str, Any]
     return conn.execute(stmt.returning(*table.primary_key.columns)).first() is not None
 
 
-def _row_values(row: SQLModel) -> dict[str, Any]:
+def row_values(row: SQLModel) -> dict[str, Any]:
+    """A table object's column values, as an INSERT takes them (an unset primary key left out)."""
     table = type(row).__table__  # type: ignore[attr-defined]
     values = {c.name: getattr(row, c.name) for c in table.columns}
     for c in table.primary_key.columns:

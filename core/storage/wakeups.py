@@ -12,7 +12,6 @@ a notification sent while it was away is lost, so waiters look for themselves.
 
 import logging
 import threading
-import time
 from typing import Optional
 
 from sqlalchemy.engine import Engine
@@ -55,8 +54,6 @@ class Listener:
         self._waiters: list[Waiter] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.connected = threading.Event()
-        self._conn: object = None
         self._thread = threading.Thread(target=self._run, name=f"ace-listen-{name}", daemon=True)
         self._thread.start()
 
@@ -85,10 +82,8 @@ class Listener:
             try:
                 with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10,
                                      application_name="ace-playground-listen") as conn:
-                    self._conn = conn
                     for ch in CHANNELS:
                         conn.execute(f"LISTEN {ch}")  # constants, not input
-                    self.connected.set()
                     if not first:
                         self._wake(None, None)  # notifications sent while away are lost: everyone looks
                     first, backoff = False, 0.2
@@ -98,13 +93,10 @@ class Listener:
             except Exception as exc:
                 if self._stop.is_set():
                     break
-                self.connected.clear()
                 log.warning("listening for database wake-ups failed (%s); reconnecting in %.1f s",
                             type(exc).__name__, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            finally:
-                self._conn = None
 
     def stop(self, timeout: float = 3.0) -> None:
         self._stop.set()
@@ -132,16 +124,6 @@ def waiter(engine: Engine, channel: str, payload: Optional[str] = None) -> Waite
     w = Waiter(listener, channel, payload)
     listener.add(w)
     return w
-
-
-def wait_listening(engine: Engine, timeout: float = 10.0) -> bool:
-    """True once this process listens on the engine's database (tests: a NOTIFY before that is missed)."""
-    with _lock:
-        listener = _listeners.get(str(engine.url))
-    if listener is None:
-        return engine.dialect.name != "postgresql"
-    deadline = time.monotonic() + timeout
-    return listener.connected.wait(max(0.0, deadline - time.monotonic()))
 
 
 def stop_listeners() -> None:

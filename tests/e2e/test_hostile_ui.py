@@ -136,15 +136,25 @@ def visible_texts(page: Any, exact: str) -> list[str]:
     return [t.strip() for t in page.get_by_text(exact, exact=True).all_inner_texts()]
 
 
+def visit(page: Any, app: dict[str, Any], recorder: Recorder, path: str, shown_text: str, shot: str,
+          state: str = "visible", expand: bool = False) -> None:
+    """Open a page holding the hostile data, wait for `shown_text`, draw it all and keep a screenshot; nothing
+    on it may point at the host."""
+    page.goto(f"{app['url']}/{path}")
+    page.get_by_text(shown_text, exact=True).first.wait_for(state=state)
+    settle(page)
+    if expand:
+        open_every_expander(page)
+    page.screenshot(path=str(SHOTS / shot), full_page=True)
+    assert_nothing_points_at_the_host(page, app, recorder)
+
+
 def test_the_review_shows_the_hostile_delta_as_text(app: dict[str, Any], browser_page: Any,
                                                     recorder: Recorder) -> None:
     page = browser_page
-    page.goto(f"{app['url']}/playbook?playbook={app['playbook']}&delta={app['delta']}")
     tag_line = f"[{app['bullet_id']}] {app['bullet']} → helpful +1"
-    page.get_by_text(tag_line, exact=True).first.wait_for()
-    settle(page)
-    page.screenshot(path=str(SHOTS / "hostile-1-review.png"), full_page=True)
-    assert_nothing_points_at_the_host(page, app, recorder)
+    visit(page, app, recorder, f"playbook?playbook={app['playbook']}&delta={app['delta']}", tag_line,
+          "hostile-1-review.png")
     # the hostile bullet, exactly as stored, in the TAG op; the REMOVE op's id as the characters it is
     assert visible_texts(page, tag_line) == [tag_line]
     remove = page.locator("[data-testid='stHtml']", has_text="hostile-id").first.inner_text()
@@ -162,12 +172,8 @@ def test_the_review_shows_the_hostile_delta_as_text(app: dict[str, Any], browser
 def test_the_trace_shows_hostile_reasoning_as_text(app: dict[str, Any], browser_page: Any,
                                                    recorder: Recorder) -> None:
     page = browser_page
-    page.goto(f"{app['url']}/trace?episode={app['episode']}")
-    page.get_by_text(f"Reasoning: {app['why']}", exact=True).first.wait_for(state="attached")
-    settle(page)
-    open_every_expander(page)
-    page.screenshot(path=str(SHOTS / "hostile-2-trace.png"), full_page=True)
-    assert_nothing_points_at_the_host(page, app, recorder)
+    visit(page, app, recorder, f"trace?episode={app['episode']}", f"Reasoning: {app['why']}",
+          "hostile-2-trace.png", state="attached", expand=True)
     assert visible_texts(page, f"Reasoning: {app['why']}")
     labels = [shown(t) for t in page.locator("[data-testid='stExpander'] summary").all_inner_texts()]
     assert any(app["why"] in label for label in labels), labels  # the reflect step's hostile role, literally
@@ -178,13 +184,9 @@ def test_the_trace_shows_hostile_reasoning_as_text(app: dict[str, Any], browser_
 def test_the_reflection_shows_hostile_text_as_text(app: dict[str, Any], browser_page: Any,
                                                    recorder: Recorder) -> None:
     page = browser_page
-    page.goto(f"{app['url']}/reflection?episode={app['episode']}")
     tagged = f"👍 helpful [{app['bullet_id']}] {app['bullet']}"
-    page.get_by_text(tagged, exact=True).first.wait_for()
-    settle(page)
-    open_every_expander(page)
-    page.screenshot(path=str(SHOTS / "hostile-3-reflection.png"), full_page=True)
-    assert_nothing_points_at_the_host(page, app, recorder)
+    visit(page, app, recorder, f"reflection?episode={app['episode']}", tagged, "hostile-3-reflection.png",
+          expand=True)
     assert visible_texts(page, tagged) == [tagged]
     assert visible_texts(page, app["why"])  # the Reflector's fields, literally
     task = shown(page.locator("[data-testid='stMarkdownContainer']", has_text="Task").first.inner_text())
