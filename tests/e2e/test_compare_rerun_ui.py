@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.fake_llm import FakeLLM
 from tests.scripted import unhelpful_model
@@ -61,8 +62,9 @@ def test_from_a_benchmark_task_to_its_comparison_and_on_to_a_rerun(server) -> No
 
         page.locator("[data-testid='stMain'] a", has_text="B: re-run with edits").first.click()
         page.get_by_text(f"Re-running episode {b} with edits").first.wait_for(timeout=30_000)
-        task = page.get_by_label("Task").input_value()
-        assert task == query(server, f"from core import views; print(views.get_episode({b!r}).task)").strip()
+        task = query(server, f"from core import views; print(views.get_episode({b!r}).task)").strip()
+        # the form arrives after the banner above it: wait for the prefilled text rather than read it at once
+        expect(page.get_by_label("Task")).to_have_value(task, timeout=30_000)
         page.get_by_label("Task").fill(task + "\nPrint exactly the answer, nothing else.")
         page.screenshot(path=str(SHOTS / "14-rerun-prefilled.png"), full_page=True)
         page.get_by_role("button", name="▶ Run").click()
