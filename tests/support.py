@@ -147,6 +147,21 @@ def chromium_page() -> Iterator[Any]:
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
+def settle(page: Any) -> None:
+    """Wait until the page is drawn: Streamlit's script has finished (its status widget is gone), the network
+    has been quiet for a moment where it gets quiet, and canvases (dataframes, plots) have drawn. A loaded
+    machine can keep component frames busy past any fixed wait; the finished script is what counts."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    try:
+        page.wait_for_load_state("networkidle", timeout=10_000)
+    except PlaywrightTimeout:
+        pass
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    page.wait_for_timeout(800)
+
+
 # ------------------------------------------------------------------ sandbox processes
 
 

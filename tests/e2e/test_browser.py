@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SHOTS, chromium_page, running_app, sandbox_processes, spinning, wait_for
+from tests.support import SHOTS, chromium_page, running_app, sandbox_processes, settle, spinning, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -47,12 +47,6 @@ def page(server: dict[str, str]):  # type: ignore[no-untyped-def]
 def db_query(server: dict[str, str], code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], env=server["env"], cwd=ROOT, check=True,  # type: ignore[arg-type]
                           capture_output=True, text=True).stdout.strip()
-
-
-def settle(page) -> None:  # type: ignore[no-untyped-def]
-    page.wait_for_load_state("networkidle")
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
-    page.wait_for_timeout(800)  # canvases (dataframes, plots) draw after the last message
 
 
 def test_sandbox_only_run_through_the_playground(server, page) -> None:  # type: ignore[no-untyped-def]

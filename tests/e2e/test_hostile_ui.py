@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import SHOTS, chromium_page, free_port, running_app
+from tests.support import SHOTS, chromium_page, free_port, running_app, settle
 
 pytestmark = pytest.mark.e2e
 
@@ -83,12 +83,6 @@ def browser_page(app: dict[str, Any]) -> Iterator[Any]:
         SEEN.clear()
         pg.on("request", lambda r: SEEN.append(r.url))
         yield pg
-
-
-def settle(page: Any) -> None:
-    page.wait_for_load_state("networkidle")
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
-    page.wait_for_timeout(800)
 
 
 def open_every_expander(page: Any) -> None:
